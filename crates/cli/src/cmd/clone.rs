@@ -1,0 +1,93 @@
+//! `bulkhead clone` / `qvm-clone`: copies a qube's definition (properties,
+//! features, tags, notes). Volumes are copied once the storage layer exists.
+
+use anyhow::Result;
+
+use crate::client::{parse_get_all, CallError, Client};
+use crate::exit::Code;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Qube to copy.
+    source: String,
+    /// Name of the copy.
+    name: String,
+    /// Class of the copy (default: the source's).
+    #[arg(long = "class", short = 'C')]
+    class: Option<String>,
+    /// Storage pool for the copy.
+    #[arg(long = "pool", short = 'P')]
+    pool: Option<String>,
+}
+
+/// Properties that belong to the qube's identity or are set at creation.
+const NOT_COPIED: [&str; 6] = ["name", "qid", "uuid", "label", "template", "dispid"];
+
+pub fn run(client: &Client, a: Args) -> Result<Code> {
+    let src = super::lookup(client, &a.source)?;
+    super::check_name(&a.name)?;
+    let props = parse_get_all(&client.call("admin.vm.property.GetAll", "", &a.source, b"")?);
+    let get = |n: &str| {
+        props
+            .iter()
+            .find(|p| p.name == n)
+            .map(|p| p.value.clone())
+            .unwrap_or_default()
+    };
+    let class = a.class.clone().unwrap_or(src.class.clone());
+    let mut payload = format!("name={} label={}", a.name, get("label"));
+    let method = match &a.pool {
+        Some(p) => {
+            payload.push_str(&format!(" pool={p}"));
+            format!("admin.vm.CreateInPool.{class}")
+        }
+        None => format!("admin.vm.Create.{class}"),
+    };
+    client.call(&method, &get("template"), "dom0", payload.as_bytes())?;
+    if let Err(e) = copy_rest(client, &a.source, &a.name, &props) {
+        let undo = client.call("admin.vm.Remove", "", &a.name, b"");
+        let note = match undo {
+            Ok(_) => "the partial copy was removed".to_string(),
+            Err(u) => format!("removing the partial copy '{}' failed too: {u}", a.name),
+        };
+        return Err(e.context(format!(
+            "cloning '{}' to '{}' failed; {note}",
+            a.source, a.name
+        )));
+    }
+    Ok(Code::Ok)
+}
+
+fn copy_rest(client: &Client, from: &str, to: &str, props: &[crate::client::Prop]) -> Result<()> {
+    let writable = client.call("admin.vm.property.List", "", to, b"")?;
+    for p in props {
+        if p.is_default
+            || NOT_COPIED.contains(&p.name.as_str())
+            || !writable.lines().any(|l| l == p.name)
+        {
+            continue;
+        }
+        match client.call("admin.vm.property.Set", &p.name, to, p.value.as_bytes()) {
+            Ok(_) => {}
+            // Read-only on this class: nothing to copy.
+            Err(CallError::Exception { ref message, .. }) if message.contains("read-only") => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("copying property {}", p.name)))
+            }
+        }
+    }
+    for f in client.call("admin.vm.feature.List", "", from, b"")?.lines() {
+        let v = client.call("admin.vm.feature.Get", f, from, b"")?;
+        client.call("admin.vm.feature.Set", f, to, v.as_bytes())?;
+    }
+    for t in client.call("admin.vm.tag.List", "", from, b"")?.lines() {
+        if !t.starts_with("created-by-") {
+            client.call("admin.vm.tag.Set", t, to, b"")?;
+        }
+    }
+    let notes = client.call("admin.vm.notes.Get", "", from, b"")?;
+    if !notes.is_empty() {
+        client.call("admin.vm.notes.Set", "", to, notes.as_bytes())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,36 @@
+//! One file per subcommand; shared helpers here.
+
+pub mod clone;
+pub mod create;
+pub mod events;
+pub mod features;
+pub mod labels;
+pub mod ls;
+pub mod notes;
+pub mod prefs;
+pub mod remove;
+pub mod tags;
+
+use crate::client::{parse_vm_list, Client, VmEntry};
+use crate::exit::usage;
+
+/// Checks a qube name locally so the user gets a precise message.
+pub fn check_name(name: &str) -> anyhow::Result<()> {
+    if name == "dom0" {
+        return Ok(());
+    }
+    match bulkhead_proto::names::validate_vm_name(name) {
+        Ok(()) => Ok(()),
+        Err(e) => usage(format!("invalid qube name '{name}': {e}")),
+    }
+}
+
+/// Looks a qube up (`admin.vm.List` on it), as Qubes tools do first.
+pub fn lookup(client: &Client, name: &str) -> anyhow::Result<VmEntry> {
+    check_name(name)?;
+    let body = client.call("admin.vm.List", "", name, b"")?;
+    parse_vm_list(&body)
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("bulkheadd listed nothing for '{name}'"))
+}

@@ -1,0 +1,16 @@
+//! `bulkheadd`: the Bulkhead host daemon.
+//!
+//! It owns every qube's definition (the domain model in [`model`]), persists
+//! it durably ([`store`]), and answers the Qubes Admin API on a unix socket
+//! ([`server`]) through one typed command model ([`api`]).
+//!
+//! It must never parse guest data that a less privileged per-qube process
+//! could parse instead, never run user applications, and never hold state that
+//! is not either persisted before acknowledgement or rebuilt at start.
+
+pub mod api;
+pub mod error;
+pub mod model;
+pub mod server;
+pub mod store;
+pub mod sys;

@@ -1,0 +1,162 @@
+//! `bulkheadd` binary: parse options, open the state, listen, serve.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bulkheadd::server::{bind_socket, Daemon};
+use bulkheadd::store::Store;
+use bulkheadd::sys;
+use clap::Parser;
+
+/// The Bulkhead host daemon: owns qube state and answers the Qubes Admin API.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Opts {
+    /// Directory holding the durable state.
+    #[arg(long, default_value = "/var/lib/bulkhead")]
+    state_dir: PathBuf,
+    /// Admin API socket; repeat to listen on several paths (e.g. also
+    /// /run/qubesd.sock for Qubes' own tools).
+    #[arg(long = "socket", default_value = "/run/bulkhead/qubesd.sock")]
+    sockets: Vec<PathBuf>,
+    /// Group whose members may use the socket (created if missing).
+    #[arg(long, default_value = "bulkhead")]
+    group: String,
+    /// Start in the background: return once the socket answers.
+    #[arg(long)]
+    detach: bool,
+    /// Write the daemon's pid here.
+    #[arg(long)]
+    pidfile: Option<PathBuf>,
+    /// With --detach: append the daemon's log here.
+    #[arg(long, default_value = "/var/log/bulkheadd.log")]
+    log_file: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let opts = Opts::parse();
+    if opts.detach {
+        return match detach(&opts) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bulkheadd: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bulkheadd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Re-runs ourselves without --detach in a new process group, with output to
+/// the log file, and waits until the first socket accepts connections.
+fn detach(opts: &Opts) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("cannot find own executable")?;
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--detach")
+        .collect();
+    if let Some(dir) = opts.log_file.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&opts.log_file)
+        .with_context(|| format!("cannot open log file {}", opts.log_file.display()))?;
+    let mut child = std::process::Command::new(exe)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("cannot start the daemon process")?;
+    let sock = &opts.sockets[0];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!(
+                "daemon exited during start ({status}); see {}",
+                opts.log_file.display()
+            );
+        }
+        if std::os::unix::net::UnixStream::connect(sock).is_ok() {
+            println!(
+                "bulkheadd running (pid {}), socket {}",
+                child.id(),
+                sock.display()
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    anyhow::bail!(
+        "daemon did not answer on {} within 15 s; see {}",
+        sock.display(),
+        opts.log_file.display()
+    )
+}
+
+fn run(opts: Opts) -> Result<()> {
+    sys::raise_nofile_limit();
+    let gid = sys::ensure_group(&opts.group)
+        .with_context(|| format!("cannot set up group '{}'", opts.group))?;
+    let (store, app) = Store::open(&opts.state_dir, sys::host_info())?;
+    tracing::info!(
+        "state {} loaded: {} qubes",
+        store.state_path().display(),
+        app.qubes.len()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let daemon = Daemon::new(store, app, Some(gid.as_raw()));
+        let mut servers = Vec::new();
+        for path in &opts.sockets {
+            let listener = bind_socket(path, Some(gid))?;
+            tracing::info!("listening on {}", path.display());
+            servers.push(tokio::spawn(daemon.clone().serve(listener)));
+        }
+        if let Some(p) = &opts.pidfile {
+            std::fs::write(p, format!("{}\n", std::process::id()))
+                .with_context(|| format!("cannot write pidfile {}", p.display()))?;
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        for s in servers {
+            s.abort();
+        }
+        // Wait for an in-flight write to finish persisting before exit.
+        let _ = tokio::time::timeout(Duration::from_secs(5), daemon.quiesce()).await;
+        for path in &opts.sockets {
+            let _ = std::fs::remove_file(path);
+        }
+        if let Some(p) = &opts.pidfile {
+            let _ = std::fs::remove_file(p);
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,355 @@
+//! The Admin API socket server: one request per connection, qubesd framing.
+//!
+//! Reads go against an immutable snapshot of the state, so they never wait
+//! for a write's fsync. Writes are serialized: each runs on a candidate copy,
+//! which is persisted and only then published and acknowledged. Every
+//! connection is its own task, so one stalled client never delays others.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bulkhead_proto::admin::{self, Event};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{broadcast, Semaphore};
+
+use crate::api::{self, Call, EventFilter};
+use crate::error::{ApiError, Exc};
+use crate::model::App;
+use crate::store::Store;
+
+/// How long a client may take to send its request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most connections served at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Events buffered per subscriber before a slow one is disconnected.
+const EVENT_BUFFER: usize = 4096;
+
+/// Shared daemon state.
+pub struct Daemon {
+    state: RwLock<Arc<App>>,
+    store: Arc<Mutex<Store>>,
+    writer: tokio::sync::Mutex<()>,
+    events: broadcast::Sender<Arc<Event>>,
+    /// Who may connect: root, the daemon's uid, and members of this gid.
+    allowed_gid: Option<u32>,
+    warn: RateLimit,
+    pub stats: Stats,
+}
+
+/// Counters, for tests and benchmarks.
+#[derive(Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub aborted: AtomicU64,
+}
+
+impl Daemon {
+    pub fn new(store: Store, app: App, allowed_gid: Option<u32>) -> Arc<Self> {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Arc::new(Daemon {
+            state: RwLock::new(Arc::new(app)),
+            store: Arc::new(Mutex::new(store)),
+            writer: tokio::sync::Mutex::new(()),
+            events,
+            allowed_gid,
+            warn: RateLimit::new(20),
+            stats: Stats::default(),
+        })
+    }
+
+    /// Current state snapshot.
+    pub fn snapshot(&self) -> Arc<App> {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Runs one framed request and returns the reply bytes; `None` means abort
+    /// the connection without a reply (as qubesd does on framing errors).
+    pub async fn handle_request(&self, raw: &[u8]) -> Option<Reply> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let req = match admin::parse_request(raw) {
+            Ok(r) => r,
+            Err(e) => {
+                self.warn.log(|| tracing::warn!("framing error: {e}"));
+                return None;
+            }
+        };
+        let snap = self.snapshot();
+        let (ctx, call) = match api::decode(&snap, &req) {
+            Ok(x) => x,
+            Err(e) => {
+                return Some(Reply::Bytes(exception(
+                    &e,
+                    &req.method,
+                    &req.dest,
+                    &self.warn,
+                )))
+            }
+        };
+        if call == Call::Events {
+            return Some(Reply::Events(EventFilter::for_dest(&ctx.dest)));
+        }
+        let result = if call.is_write() {
+            self.write(&ctx, &call).await
+        } else {
+            api::query(&snap, &ctx, &call)
+        };
+        Some(Reply::Bytes(match result {
+            Ok(body) => admin::encode_ok(body.as_bytes()),
+            Err(e) => exception(&e, &req.method, &req.dest, &self.warn),
+        }))
+    }
+
+    async fn write(&self, ctx: &api::Ctx, call: &Call) -> Result<String, ApiError> {
+        let _guard = self.writer.lock().await;
+        let mut cand = (*self.snapshot()).clone();
+        let (body, events) = api::mutate(&mut cand, ctx, call, rand::random::<u32>)?;
+        let cand = Arc::new(cand);
+        let store = self.store.clone();
+        let to_save = cand.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            let store = store.lock().unwrap_or_else(|e| e.into_inner());
+            store.save(&to_save)
+        })
+        .await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!("saving state failed, change not applied: {e}");
+                return Err(ApiError::new(
+                    Exc::QubesException,
+                    format!("could not save state, nothing changed: {e}"),
+                ));
+            }
+            Err(e) => {
+                return Err(ApiError::new(
+                    Exc::QubesException,
+                    format!("could not save state: {e}"),
+                ));
+            }
+        }
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) = cand;
+        for ev in events {
+            let _ = self.events.send(Arc::new(ev));
+        }
+        Ok(body)
+    }
+
+    /// Serves connections until the listener fails or the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let permit = match limit.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => return,
+            };
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let d = self.clone();
+                    tokio::spawn(async move {
+                        d.connection(stream).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    self.warn.log(|| tracing::warn!("accept failed: {e}"));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    fn peer_allowed(&self, stream: &UnixStream) -> bool {
+        let Ok(cred) = stream.peer_cred() else {
+            return false;
+        };
+        let uid = cred.uid();
+        if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+            return true;
+        }
+        let Some(gid) = self.allowed_gid else {
+            return false;
+        };
+        cred.gid() == gid
+            || cred
+                .pid()
+                .is_some_and(|pid| crate::sys::process_in_group(pid, gid))
+    }
+
+    async fn connection(&self, mut stream: UnixStream) {
+        if !self.peer_allowed(&stream) {
+            self.warn
+                .log(|| tracing::warn!("refused a client outside the allowed group"));
+            self.stats.aborted.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut buf = Vec::with_capacity(256);
+        let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let mut chunk = [0u8; 8192];
+            loop {
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok::<bool, std::io::Error>(true);
+                }
+                if buf.len() + n > admin::MAX_REQUEST {
+                    return Ok(false);
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await;
+        match read {
+            // A bare connect-and-close (e.g. a readiness probe) is not an error.
+            Ok(Ok(true)) if buf.is_empty() => return,
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                self.warn
+                    .log(|| tracing::warn!("request too long, aborted"));
+                self.stats.aborted.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            _ => {
+                self.stats.aborted.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        match self.handle_request(&buf).await {
+            None => {
+                self.stats.aborted.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Reply::Bytes(bytes)) => {
+                let _ = stream.write_all(&bytes).await;
+                let _ = stream.shutdown().await;
+            }
+            Some(Reply::Events(filter)) => self.stream_events(stream, filter).await,
+        }
+    }
+
+    async fn stream_events(&self, mut stream: UnixStream, filter: EventFilter) {
+        let mut rx = self.events.subscribe();
+        let hello = Event {
+            subject: String::new(),
+            event: "connection-established".into(),
+            kwargs: vec![],
+        };
+        if stream
+            .write_all(&admin::encode_event(&hello))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    if filter.matches(&ev)
+                        && stream.write_all(&admin::encode_event(&ev)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    self.warn.log(|| {
+                        tracing::warn!("event subscriber fell {n} events behind; disconnected")
+                    });
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+/// What to send back.
+pub enum Reply {
+    Bytes(Vec<u8>),
+    Events(EventFilter),
+}
+
+fn exception(e: &ApiError, method: &str, dest: &str, warn: &RateLimit) -> Vec<u8> {
+    if e.exc == Exc::ProtocolError {
+        warn.log(|| tracing::warn!("protocol error in {method} for {dest}: {}", e.message));
+    } else {
+        tracing::debug!(
+            "{method} for {dest} failed: {}: {}",
+            e.exc.class_name(),
+            e.message
+        );
+    }
+    admin::encode_exception(e.exc.class_name(), &e.message)
+}
+
+/// At most `per_sec` log lines a second for messages a client can trigger.
+pub struct RateLimit {
+    per_sec: u32,
+    window: Mutex<(Instant, u32)>,
+}
+
+impl RateLimit {
+    pub fn new(per_sec: u32) -> Self {
+        Self {
+            per_sec,
+            window: Mutex::new((Instant::now(), 0)),
+        }
+    }
+
+    pub fn log(&self, f: impl FnOnce()) {
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        if w.0.elapsed() >= Duration::from_secs(1) {
+            *w = (Instant::now(), 0);
+        }
+        if w.1 < self.per_sec {
+            w.1 += 1;
+            drop(w);
+            f();
+        }
+    }
+}
+
+/// Binds the socket: refuses if a live daemon answers there, removes a stale
+/// one, creates the parent dir, sets mode 0660 and the group.
+pub fn bind_socket(
+    path: &std::path::Path,
+    gid: Option<nix::unistd::Gid>,
+) -> anyhow::Result<UnixListener> {
+    use anyhow::Context;
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "another daemon is already listening on {}; stop it or pick another --socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o117));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.with_context(|| format!("cannot listen on {}", path.display()))?;
+    if let Some(gid) = gid {
+        crate::sys::set_owner_mode(path, gid, 0o660)
+            .with_context(|| format!("cannot set group/mode of {}", path.display()))?;
+    }
+    Ok(listener)
+}
+
+/// Paths the daemon was started with (for logs).
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub state_dir: PathBuf,
+    pub sockets: Vec<PathBuf>,
+}
+
+impl Daemon {
+    /// Waits until no write is in progress.
+    pub async fn quiesce(&self) {
+        let _g = self.writer.lock().await;
+    }
+}

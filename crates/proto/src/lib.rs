@@ -1,0 +1,14 @@
+//! `bulkhead-proto`: the wire formats that cross Bulkhead's trust boundaries.
+//!
+//! Everything here is pure: no I/O, no global state, no allocation beyond the
+//! size limits each format sets. Bytes handed to these parsers may come from a
+//! hostile qube, so every parser returns an error instead of panicking and never
+//! reads past the limits defined next to it. Each parser has a `cargo fuzz`
+//! target in `fuzz/`.
+//!
+//! This crate is shared by the host and (later) the guest agent, so it must
+//! never depend on a host-only crate. `tests/deps.rs` in the daemon crate checks
+//! that with `cargo metadata`.
+
+pub mod admin;
+pub mod names;
