@@ -725,6 +725,11 @@ fn feature_on(v: Option<&String>) -> bool {
 
 fn vm_default(app: &App, q: &Qube, name: &str, depth: u32) -> Option<Value> {
     let netvm = || resolved(app, q, "netvm", depth).and_then(|v| v.as_vm().map(str::to_string));
+    // Qubes' is_networked(): has a netvm, or is one.
+    let networked = || {
+        netvm().is_some()
+            || resolved(app, q, "provides_network", depth).is_some_and(|v| v.as_bool())
+    };
     let is_disp = q.class == Class::DispVM;
     Some(match name {
         "audiovm" => global(app, "default_audiovm"),
@@ -765,13 +770,13 @@ fn vm_default(app: &App, q: &Qube, name: &str, depth: u32) -> Option<Value> {
                 Value::Bool(true)
             }
         }
-        "ip" => match netvm() {
-            Some(_) if is_disp => {
+        "ip" => match networked() {
+            true if is_disp => {
                 let id = q.props.get("dispid").and_then(Value::as_int).unwrap_or(0);
                 s(&vmid_to_ipv4("10.138", u32::try_from(id).unwrap_or(0)))
             }
-            Some(_) => s(&vmid_to_ipv4("10.137", q.qid)),
-            None => Value::Str(None),
+            true => s(&vmid_to_ipv4("10.137", q.qid)),
+            false => Value::Str(None),
         },
         "ip6" => match netvm() {
             Some(n)
