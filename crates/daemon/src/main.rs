@@ -129,7 +129,7 @@ fn run(opts: Opts) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let daemon = Daemon::new(store, app, Some(gid.as_raw()));
+        let daemon = Daemon::start(store, app, Some(gid.as_raw()));
         let mut servers = Vec::new();
         for path in &opts.sockets {
             let listener = bind_socket(path, Some(gid))?;

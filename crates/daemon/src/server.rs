@@ -1,8 +1,10 @@
 //! The Admin API socket server: one request per connection, qubesd framing.
 //!
 //! Reads go against an immutable snapshot of the state, so they never wait
-//! for a write's fsync. Writes are serialized: each runs on a candidate copy,
-//! which is persisted and only then published and acknowledged. Every
+//! for a write's fsync. Writes go to one writer task, which applies each on a
+//! candidate copy of the state (a failing write leaves no trace), persists the
+//! batch with one fsync (group commit), and only then publishes the new state,
+//! emits the events and acknowledges every write in the batch. Every
 //! connection is its own task, so one stalled client never delays others.
 
 use std::path::PathBuf;
@@ -30,8 +32,9 @@ const EVENT_BUFFER: usize = 4096;
 /// Shared daemon state.
 pub struct Daemon {
     state: RwLock<Arc<App>>,
-    store: Arc<Mutex<Store>>,
-    writer: tokio::sync::Mutex<()>,
+    writes: tokio::sync::mpsc::Sender<WriteJob>,
+    /// Held by the writer while a batch is in flight.
+    writing: Arc<tokio::sync::Mutex<()>>,
     events: broadcast::Sender<Arc<Event>>,
     /// Who may connect: root, the daemon's uid, and members of this gid.
     allowed_gid: Option<u32>,
@@ -46,18 +49,32 @@ pub struct Stats {
     pub aborted: AtomicU64,
 }
 
+/// One queued write and where to send its outcome.
+struct WriteJob {
+    ctx: api::Ctx,
+    call: Call,
+    reply: tokio::sync::oneshot::Sender<Result<String, ApiError>>,
+}
+
+/// Most writes committed with one fsync.
+const MAX_BATCH: usize = 256;
+
 impl Daemon {
-    pub fn new(store: Store, app: App, allowed_gid: Option<u32>) -> Arc<Self> {
+    /// Creates the daemon and starts its writer task (call inside a Tokio runtime).
+    pub fn start(store: Store, app: App, allowed_gid: Option<u32>) -> Arc<Self> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        Arc::new(Daemon {
+        let (writes, rx) = tokio::sync::mpsc::channel(MAX_CONNECTIONS);
+        let d = Arc::new(Daemon {
             state: RwLock::new(Arc::new(app)),
-            store: Arc::new(Mutex::new(store)),
-            writer: tokio::sync::Mutex::new(()),
+            writes,
+            writing: Arc::new(tokio::sync::Mutex::new(())),
             events,
             allowed_gid,
             warn: RateLimit::new(20),
             stats: Stats::default(),
-        })
+        });
+        tokio::spawn(writer(Arc::downgrade(&d), Arc::new(store), rx));
+        d
     }
 
     /// Current state snapshot.
@@ -103,38 +120,15 @@ impl Daemon {
     }
 
     async fn write(&self, ctx: &api::Ctx, call: &Call) -> Result<String, ApiError> {
-        let _guard = self.writer.lock().await;
-        let mut cand = (*self.snapshot()).clone();
-        let (body, events) = api::mutate(&mut cand, ctx, call, rand::random::<u32>)?;
-        let cand = Arc::new(cand);
-        let store = self.store.clone();
-        let to_save = cand.clone();
-        let saved = tokio::task::spawn_blocking(move || {
-            let store = store.lock().unwrap_or_else(|e| e.into_inner());
-            store.save(&to_save)
-        })
-        .await;
-        match saved {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!("saving state failed, change not applied: {e}");
-                return Err(ApiError::new(
-                    Exc::QubesException,
-                    format!("could not save state, nothing changed: {e}"),
-                ));
-            }
-            Err(e) => {
-                return Err(ApiError::new(
-                    Exc::QubesException,
-                    format!("could not save state: {e}"),
-                ));
-            }
-        }
-        *self.state.write().unwrap_or_else(|e| e.into_inner()) = cand;
-        for ev in events {
-            let _ = self.events.send(Arc::new(ev));
-        }
-        Ok(body)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = WriteJob {
+            ctx: ctx.clone(),
+            call: call.clone(),
+            reply: tx,
+        };
+        let down = || ApiError::new(Exc::QubesException, "bulkheadd is shutting down; try again");
+        self.writes.send(job).await.map_err(|_| down())?;
+        rx.await.map_err(|_| down())?
     }
 
     /// Serves connections until the listener fails or the task is dropped.
@@ -350,6 +344,74 @@ pub struct Paths {
 impl Daemon {
     /// Waits until no write is in progress.
     pub async fn quiesce(&self) {
-        let _g = self.writer.lock().await;
+        let _g = self.writing.lock().await;
+    }
+}
+
+/// The single writer: takes queued writes in batches, applies them one by one
+/// on a candidate state, saves once, then publishes and acknowledges.
+async fn writer(
+    daemon: std::sync::Weak<Daemon>,
+    store: Arc<Store>,
+    mut rx: tokio::sync::mpsc::Receiver<WriteJob>,
+) {
+    while let Some(first) = rx.recv().await {
+        let Some(d) = daemon.upgrade() else { return };
+        let writing = d.writing.clone();
+        let _busy = writing.lock().await;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut cand = (*d.snapshot()).clone();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut events = Vec::new();
+        let mut changed = false;
+        for job in &batch {
+            let mut trial = cand.clone();
+            match api::mutate(&mut trial, &job.ctx, &job.call, rand::random::<u32>) {
+                Ok((body, evs)) => {
+                    cand = trial;
+                    changed = true;
+                    events.extend(evs);
+                    outcomes.push(Ok(body));
+                }
+                Err(e) => outcomes.push(Err(e)),
+            }
+        }
+        if changed {
+            let cand = Arc::new(cand);
+            let (st, to_save) = (store.clone(), cand.clone());
+            let saved = tokio::task::spawn_blocking(move || st.save(&to_save)).await;
+            let failure = match saved {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = failure {
+                tracing::error!(
+                    "saving state failed, {} change(s) not applied: {e}",
+                    batch.len()
+                );
+                for o in outcomes.iter_mut().filter(|o| o.is_ok()) {
+                    *o = Err(ApiError::new(
+                        Exc::QubesException,
+                        format!("could not save state, nothing changed: {e}"),
+                    ));
+                }
+                events.clear();
+            } else {
+                *d.state.write().unwrap_or_else(|e| e.into_inner()) = cand;
+            }
+        }
+        for ev in events {
+            let _ = d.events.send(Arc::new(ev));
+        }
+        for (job, outcome) in batch.into_iter().zip(outcomes) {
+            let _ = job.reply.send(outcome);
+        }
     }
 }

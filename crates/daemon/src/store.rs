@@ -144,6 +144,16 @@ impl Store {
     }
 }
 
+/// The bytes of a state file for `app`.
+pub fn encode_state(app: &App) -> Vec<u8> {
+    // Serializing plain maps, strings and integers cannot fail.
+    serde_json::to_vec_pretty(&StateOut {
+        schema_version: SCHEMA_VERSION,
+        app,
+    })
+    .unwrap_or_default()
+}
+
 /// Parses a state file, refusing newer schemas and inconsistent content.
 pub fn parse_state(path: &Path, bytes: &[u8]) -> Result<App, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
