@@ -354,12 +354,17 @@ impl App {
                 "No free disposable id left",
             ));
         }
-        loop {
+        // A few random tries (ids are not guessable), then the first free one,
+        // so a poor random source can never make this loop forever.
+        for _ in 0..64 {
             let id = random() % 9999 + 1;
             if !used.contains(&i64::from(id)) {
                 return Ok(id);
             }
         }
+        (1..=9999u32)
+            .find(|id| !used.contains(&i64::from(*id)))
+            .ok_or_else(|| ApiError::new(Exc::QubesException, "No free disposable id left"))
     }
 }
 
@@ -375,6 +380,21 @@ mod tests {
         assert_eq!(d.uuid.to_string(), "00000000-0000-0000-0000-000000000000");
         assert_eq!(app.labels.len(), 8);
         assert_eq!(app.label_by_name("blue").unwrap().color, "0x3465a4");
+    }
+
+    #[test]
+    fn dispid_allocation_terminates_with_a_constant_random_source() {
+        // Regression: a constant "random" source used to spin forever once
+        // its one id was taken.
+        let mut app = App::new(HostInfo::default());
+        for expected in [6, 1, 2] {
+            let id = app.next_dispid(|| 5).unwrap();
+            assert_eq!(id, expected);
+            let mut q = app.qubes["dom0"].clone();
+            q.name = format!("d{id}");
+            q.props.insert("dispid".into(), Value::Int(Some(id.into())));
+            app.qubes.insert(q.name.clone(), q);
+        }
     }
 
     #[test]

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Bulkhead quick start: build, install, start the daemon, create qubes.
+#
+#   sudo ./scripts/quickstart.sh
+#
+# Idempotent: run it again and it keeps what exists. Environment overrides
+# (used by CI to stay off the system paths): BULKHEAD_PREFIX (/usr/local),
+# BULKHEAD_STATE_DIR (/var/lib/bulkhead), BULKHEAD_SOCKET
+# (/run/bulkhead/qubesd.sock), BULKHEAD_NO_SERVICE=1 (start with --detach
+# even where systemd runs).
+set -euo pipefail
+
+PREFIX=${BULKHEAD_PREFIX:-/usr/local}
+STATE_DIR=${BULKHEAD_STATE_DIR:-/var/lib/bulkhead}
+export BULKHEAD_SOCKET=${BULKHEAD_SOCKET:-/run/bulkhead/qubesd.sock}
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "quickstart: run as root (it installs to $PREFIX and starts bulkheadd)" >&2
+    exit 1
+fi
+if ! command -v cargo >/dev/null; then
+    echo "quickstart: Rust (cargo >= 1.85) is needed; install it with rustup, then re-run" >&2
+    exit 1
+fi
+
+step "Installing system packages"
+if command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends passwd util-linux >/dev/null
+fi
+
+step "Building (release)"
+cargo build --release --locked --bins
+
+step "Installing to $PREFIX"
+install -d "$PREFIX/bin" "$PREFIX/share/doc/bulkhead"
+install -m 0755 target/release/bulkheadd target/release/bulkhead "$PREFIX/bin/"
+for t in qvm-ls qvm-create qvm-remove qvm-clone qvm-prefs qubes-prefs qvm-features qvm-tags; do
+    ln -sf bulkhead "$PREFIX/bin/$t"
+done
+install -m 0644 README.md "$PREFIX/share/doc/bulkhead/"
+
+step "Starting bulkheadd"
+if [ "${BULKHEAD_NO_SERVICE:-0}" != 1 ] && [ -d /run/systemd/system ] && [ "$PREFIX" = /usr/local ]; then
+    install -m 0644 packaging/bulkheadd.service /etc/systemd/system/bulkheadd.service
+    systemctl daemon-reload
+    systemctl enable --now bulkheadd
+    for _ in $(seq 100); do [ -S "$BULKHEAD_SOCKET" ] && break; sleep 0.1; done
+elif "$PREFIX/bin/bulkhead" ls --raw-list >/dev/null 2>&1; then
+    echo "bulkheadd already running on $BULKHEAD_SOCKET"
+else
+    "$PREFIX/bin/bulkheadd" --state-dir "$STATE_DIR" --socket "$BULKHEAD_SOCKET" \
+        --pidfile "$(dirname "$BULKHEAD_SOCKET")/bulkheadd.pid" \
+        --log-file "${BULKHEAD_LOG_FILE:-/var/log/bulkheadd.log}" --detach
+fi
+
+B="$PREFIX/bin/bulkhead"
+have() { "$B" ls --raw-list | grep -qx "$1"; }
+mk() { local name=$1; shift; have "$name" || "$B" create "$@" "$name"; }
+
+step "Creating qubes"
+mk minimal --class TemplateVM -l black
+"$B" global-prefs default_template minimal
+mk sys-net -l red --prop provides_network=True
+mk sys-firewall -l green --prop provides_network=True --prop netvm=sys-net
+"$B" global-prefs default_netvm sys-firewall
+mk work -l blue
+mk personal -l yellow
+mk banking -l green
+mk vault -l black --prop netvm=
+"$B" tags vault add offline >/dev/null
+
+step "Your qubes"
+"$B" ls
+cat <<MSG
+
+bulkheadd holds these definitions in $STATE_DIR and answers on $BULKHEAD_SOCKET.
+Try: bulkhead prefs work, bulkhead features work, qvm-ls --json.
+(Starting qubes and running programs in them arrives with the ns and vm backends.)
+MSG
