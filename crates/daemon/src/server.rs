@@ -7,7 +7,6 @@
 //! emits the events and acknowledges every write in the batch. Every
 //! connection is its own task, so one stalled client never delays others.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -332,13 +331,6 @@ pub fn bind_socket(
             .with_context(|| format!("cannot set group/mode of {}", path.display()))?;
     }
     Ok(listener)
-}
-
-/// Paths the daemon was started with (for logs).
-#[derive(Debug, Clone)]
-pub struct Paths {
-    pub state_dir: PathBuf,
-    pub sockets: Vec<PathBuf>,
 }
 
 impl Daemon {

@@ -112,39 +112,31 @@ fn default_group_bulkhead_is_created() {
     let _ = child.wait();
 }
 
+/// Runs a daemon that is expected to refuse to start; returns its stderr.
+fn refused_start(state: &std::path::Path, socket: &std::path::Path) -> String {
+    let out = Command::new(common::daemon_bin())
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--group")
+        .arg(common::own_group())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "daemon started but should have refused"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_second_daemon_on_the_same_socket_or_state_is_refused() {
     let d = common::Daemon::start();
-    let out = Command::new(common::daemon_bin())
-        .arg("--state-dir")
-        .arg(d.dir.path().join("other"))
-        .arg("--socket")
-        .arg(&d.socket)
-        .arg("--group")
-        .arg(common::own_group())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("already listening"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new(common::daemon_bin())
-        .arg("--state-dir")
-        .arg(d.state_dir())
-        .arg("--socket")
-        .arg(d.dir.path().join("other.sock"))
-        .arg("--group")
-        .arg(common::own_group())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("in use by another bulkheadd"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = refused_start(&d.dir.path().join("other"), &d.socket);
+    assert!(err.contains("already listening"), "{err}");
+    let err = refused_start(&d.state_dir(), &d.dir.path().join("other.sock"));
+    assert!(err.contains("in use by another bulkheadd"), "{err}");
 }
 
 #[test]
@@ -157,17 +149,7 @@ fn newer_schema_is_refused_with_a_clear_message() {
         br#"{"schema_version": 42, "app": {}}"#,
     )
     .unwrap();
-    let out = Command::new(common::daemon_bin())
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--socket")
-        .arg(dir.path().join("s.sock"))
-        .arg("--group")
-        .arg(common::own_group())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(&state, &dir.path().join("s.sock"));
     assert!(
         err.contains("newer Bulkhead") && err.contains("schema 42"),
         "{err}"

@@ -12,3 +12,4 @@
 
 pub mod admin;
 pub mod names;
+pub mod qrexec;

@@ -305,7 +305,6 @@ impl App {
                 .ok_or_else(|| ApiError::vm_not_found(u));
         }
         bulkhead_proto::names::validate_vm_name(untrusted)
-            .or_else(|e| if untrusted == DOM0 { Ok(()) } else { Err(e) })
             .map_err(|e| ApiError::value(format!("{e}: '{untrusted}'")))?;
         self.qubes
             .get(untrusted)
