@@ -6,6 +6,8 @@
 //! It only translates options into Admin API calls; every rule is enforced by
 //! the daemon.
 
+#![forbid(unsafe_code)]
+
 mod client;
 mod cmd;
 mod exit;

@@ -8,6 +8,8 @@
 //! could parse instead, never run user applications, and never hold state that
 //! is not either persisted before acknowledgement or rebuilt at start.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod error;
 pub mod model;

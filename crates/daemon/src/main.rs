@@ -1,5 +1,7 @@
 //! `bulkheadd` binary: parse options, open the state, listen, serve.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

@@ -10,6 +10,8 @@
 //! never depend on a host-only crate. `tests/deps.rs` in the daemon crate checks
 //! that with `cargo metadata`.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod names;
 pub mod qrexec;

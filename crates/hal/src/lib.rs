@@ -1,0 +1,133 @@
+//! `bulkhead-hal`: how a qube is actually run.
+//!
+//! One trait ([`Backend`]) with one implementation per isolation technology:
+//! [`ns`] (Linux namespaces, cgroups, seccomp) today, `vm` (QEMU) next.
+//! The daemon asks [`pick`] for the backend named by a qube's `virt_mode` and
+//! drives it only through the trait, so both backends are held to the same
+//! conformance tests.
+//!
+//! This crate must not know about the Admin API, policy or the state file:
+//! it gets a fully resolved [`QubeSpec`] and reports process-level facts.
+#![forbid(unsafe_code)]
+
+pub mod ns;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Everything a backend needs to run one qube, already resolved by the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QubeSpec {
+    /// Qube name (also its hostname).
+    pub name: String,
+    /// Read-only root tree shared with other qubes (the template's root).
+    pub root: PathBuf,
+    /// Writable layer over `root`, private to this run (discarded by the caller
+    /// for AppVMs, kept for templates).
+    pub upper: PathBuf,
+    /// Overlay work dir on the same file system as `upper`.
+    pub work: PathBuf,
+    /// Scratch dir for the backend's own mounts and sockets (created if missing).
+    pub run_dir: PathBuf,
+    /// Program run as PID 1 inside the qube, with its arguments.
+    pub init: Vec<String>,
+    /// First host uid/gid of the qube's range; qube uid N is host `uid_base + N`.
+    pub uid_base: u32,
+    /// Number of uids/gids in the range.
+    pub uid_count: u32,
+    /// Memory limit, MiB.
+    pub memory_mib: u64,
+    /// CPU limit, in CPUs.
+    pub vcpus: u32,
+    /// Most processes the qube may have at once.
+    pub max_pids: u32,
+    /// Where the qube's console output goes.
+    pub log: PathBuf,
+}
+
+/// What a backend can do on this host, found by trying, not by guessing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// The backend can run qubes at all here.
+    pub usable: bool,
+    /// Why not, when it cannot.
+    pub reason: Option<String>,
+    /// Pause/unpause are supported.
+    pub pause: bool,
+    /// Memory limits are enforced.
+    pub memory_limit: bool,
+}
+
+/// A running (or finished) qube as the backend sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Paused,
+    /// Exited with this status (a signal is reported as 128 + signo).
+    Exited(i32),
+}
+
+/// Resource figures of a running qube.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Most memory the qube has used, bytes (if the host reports it).
+    pub memory_peak: Option<u64>,
+    /// Times the qube hit its memory limit.
+    pub memory_limit_hits: u64,
+}
+
+/// Backend failures, each naming the qube.
+#[derive(Debug, Error)]
+pub enum HalError {
+    #[error("cannot start qube '{qube}': {what}")]
+    Start { qube: String, what: String },
+    #[error("qube '{qube}': {what}")]
+    Control { qube: String, what: String },
+    #[error("the {backend} backend is not usable here: {reason}")]
+    Unusable {
+        backend: &'static str,
+        reason: String,
+    },
+}
+
+/// One isolation technology.
+pub trait Backend: Send + Sync {
+    /// `"ns"` or `"vm"`.
+    fn name(&self) -> &'static str;
+    /// What works on this host.
+    fn capabilities(&self) -> Capabilities;
+    /// Starts a qube; returns once its init runs inside the sandbox.
+    fn start(&self, spec: &QubeSpec) -> Result<Box<dyn Instance>, HalError>;
+}
+
+/// A started qube.
+pub trait Instance: Send {
+    /// Host pid of the qube's init.
+    fn init_pid(&self) -> u32;
+    /// Current state (reaps the qube if it exited).
+    fn state(&mut self) -> RunState;
+    /// Asks init to stop (SIGTERM), then kills after `timeout`. Returns the exit state.
+    fn shutdown(&mut self, timeout: Duration) -> Result<RunState, HalError>;
+    /// Kills everything in the qube at once.
+    fn kill(&mut self) -> Result<RunState, HalError>;
+    /// Freezes every process of the qube.
+    fn pause(&mut self) -> Result<(), HalError>;
+    /// Thaws a paused qube.
+    fn unpause(&mut self) -> Result<(), HalError>;
+    /// Resource figures.
+    fn stats(&self) -> Stats;
+}
+
+/// The backend for a `virt_mode` value.
+pub fn pick(virt_mode: &str, nsinit: PathBuf) -> Result<Box<dyn Backend>, HalError> {
+    match virt_mode {
+        "ns" => Ok(Box::new(ns::NsBackend::new(nsinit))),
+        other => Err(HalError::Unusable {
+            backend: "vm",
+            reason: format!("virt_mode '{other}' has no backend in this build yet"),
+        }),
+    }
+}

@@ -1,0 +1,189 @@
+//! Per-qube cgroups on v1 (per-controller hierarchies) and v2 hosts.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// Which cgroup layout the host has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Unified hierarchy with the memory and pids controllers available.
+    V2,
+    /// Per-controller v1 hierarchies (also hybrid hosts whose v2 mount is empty).
+    V1,
+}
+
+/// Finds the layout: v2 only if the unified root offers memory and pids.
+pub fn layout() -> Layout {
+    let controllers =
+        fs::read_to_string(Path::new(ROOT).join("cgroup.controllers")).unwrap_or_default();
+    let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+    if has("memory") && has("pids") {
+        Layout::V2
+    } else {
+        Layout::V1
+    }
+}
+
+/// A qube's cgroup(s), removed on drop.
+#[derive(Debug)]
+pub struct Cgroup {
+    layout: Layout,
+    dirs: Vec<PathBuf>,
+}
+
+fn write(path: &Path, value: &str) -> io::Result<()> {
+    fs::write(path, value).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("write {} to {}: {e}", value.trim(), path.display()),
+        )
+    })
+}
+
+impl Cgroup {
+    /// Creates the cgroup(s) for `name` with the limits set.
+    pub fn create(name: &str, memory_bytes: u64, vcpus: u32, max_pids: u32) -> io::Result<Cgroup> {
+        let layout = layout();
+        let quota = u64::from(vcpus.max(1)) * 100_000;
+        let mut cg = Cgroup {
+            layout,
+            dirs: Vec::new(),
+        };
+        match layout {
+            Layout::V2 => {
+                let parent = Path::new(ROOT).join("bulkhead");
+                fs::create_dir_all(&parent)?;
+                let _ = write(
+                    &Path::new(ROOT).join("cgroup.subtree_control"),
+                    "+memory +pids +cpu",
+                );
+                let _ = write(&parent.join("cgroup.subtree_control"), "+memory +pids +cpu");
+                let dir = parent.join(name);
+                fs::create_dir_all(&dir)?;
+                cg.dirs.push(dir.clone());
+                write(&dir.join("memory.max"), &memory_bytes.to_string())?;
+                write(&dir.join("memory.swap.max"), "0").ok();
+                write(&dir.join("pids.max"), &max_pids.to_string())?;
+                write(&dir.join("cpu.max"), &format!("{quota} 100000")).ok();
+            }
+            Layout::V1 => {
+                for ctrl in ["memory", "pids", "freezer", "cpu"] {
+                    let base = Path::new(ROOT).join(ctrl);
+                    if !base.exists() {
+                        if ctrl == "cpu" {
+                            continue;
+                        }
+                        return Err(io::Error::other(format!(
+                            "cgroup v1 controller {ctrl} is not mounted at {}",
+                            base.display()
+                        )));
+                    }
+                    let dir = base.join("bulkhead").join(name);
+                    fs::create_dir_all(&dir)?;
+                    cg.dirs.push(dir.clone());
+                    match ctrl {
+                        "memory" => {
+                            write(
+                                &dir.join("memory.limit_in_bytes"),
+                                &memory_bytes.to_string(),
+                            )?;
+                            // Without swap accounting this file is absent; the limit above still holds.
+                            write(
+                                &dir.join("memory.memsw.limit_in_bytes"),
+                                &memory_bytes.to_string(),
+                            )
+                            .ok();
+                        }
+                        "pids" => write(&dir.join("pids.max"), &max_pids.to_string())?,
+                        "cpu" => {
+                            write(&dir.join("cpu.cfs_period_us"), "100000").ok();
+                            write(&dir.join("cpu.cfs_quota_us"), &quota.to_string()).ok();
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(cg)
+    }
+
+    /// Moves a process into the cgroup(s).
+    pub fn add(&self, pid: u32) -> io::Result<()> {
+        for d in &self.dirs {
+            write(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn freezer(&self) -> Option<(PathBuf, &'static str, &'static str)> {
+        match self.layout {
+            Layout::V2 => self
+                .dirs
+                .first()
+                .map(|d| (d.join("cgroup.freeze"), "1", "0")),
+            Layout::V1 => self
+                .dirs
+                .iter()
+                .find(|d| d.starts_with(Path::new(ROOT).join("freezer")))
+                .map(|d| (d.join("freezer.state"), "FROZEN", "THAWED")),
+        }
+    }
+
+    /// Freezes or thaws every process in the cgroup.
+    pub fn freeze(&self, frozen: bool) -> io::Result<()> {
+        let (file, on, off) = self
+            .freezer()
+            .ok_or_else(|| io::Error::other("no freezer cgroup"))?;
+        write(&file, if frozen { on } else { off })
+    }
+
+    /// Peak memory use in bytes, if the kernel reports it.
+    pub fn memory_peak(&self) -> Option<u64> {
+        let name = match self.layout {
+            Layout::V2 => "memory.peak",
+            Layout::V1 => "memory.max_usage_in_bytes",
+        };
+        self.dirs
+            .iter()
+            .find_map(|d| fs::read_to_string(d.join(name)).ok()?.trim().parse().ok())
+    }
+
+    /// Times the memory limit was hit (v1 `failcnt`, v2 `memory.events` max).
+    pub fn memory_limit_hits(&self) -> u64 {
+        match self.layout {
+            Layout::V2 => self
+                .dirs
+                .first()
+                .and_then(|d| fs::read_to_string(d.join("memory.events")).ok())
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("max "))
+                        .and_then(|n| n.trim().parse().ok())
+                })
+                .unwrap_or(0),
+            Layout::V1 => self
+                .dirs
+                .iter()
+                .find_map(|d| {
+                    fs::read_to_string(d.join("memory.failcnt"))
+                        .ok()?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0),
+        }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            // Fails while processes remain; they are gone once the qube exited.
+            let _ = fs::remove_dir(d);
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! `bulkhead-nsinit`: the helper that builds an `ns` qube from the inside.
+//!
+//! Started by [`super::NsBackend`] as host root, single-threaded. It speaks a
+//! line protocol with the backend on stdin/stdout:
+//!
+//! 1. creates a user namespace, says `userns`, waits for `go` (meanwhile the
+//!    backend writes the uid/gid maps and prepares the idmapped root);
+//! 2. creates mount, UTS, IPC, network, cgroup and PID namespaces, becomes
+//!    root of the user namespace, forks the qube's PID 1 and says `pid <n>`;
+//! 3. the child mounts the root overlay, `/proc` and a minimal `/dev`,
+//!    pivots into it, installs the seccomp filter, says `ready` and execs the
+//!    qube's init with output to the console log;
+//! 4. the helper waits for PID 1 and exits with its status.
+//!
+//! Any failure is reported as `error <what>` before exiting.
+
+use std::ffi::CString;
+use std::io::{BufRead, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{chdir, dup2, execvp, pivot_root, sethostname, setresgid, setresuid, Gid, Uid};
+use serde::{Deserialize, Serialize};
+
+use super::seccomp;
+
+/// What the backend hands the helper (as JSON in argv[1]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitConfig {
+    pub hostname: String,
+    /// Idmapped, read-only view of the shared root, prepared by the backend.
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    /// Empty dir where the overlay is assembled.
+    pub merged: PathBuf,
+    pub init: Vec<String>,
+}
+
+/// Device nodes a qube gets, bound from the host.
+pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Runs the helper; returns its exit status.
+pub fn run(cfg: &InitConfig) -> i32 {
+    match outer(cfg) {
+        Ok(code) => code,
+        Err(e) => {
+            say(&format!("error {e}"));
+            1
+        }
+    }
+}
+
+fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> Result<T, String> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+fn outer(cfg: &InitConfig) -> Result<i32, String> {
+    ctx(unshare(CloneFlags::CLONE_NEWUSER), "unshare(user)")?;
+    say("userns");
+    let mut line = String::new();
+    ctx(std::io::stdin().lock().read_line(&mut line), "reading go")?;
+    if line.trim() != "go" {
+        return Err(format!("expected 'go', got {:?}", line.trim()));
+    }
+    let flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWCGROUP
+        | CloneFlags::CLONE_NEWPID;
+    ctx(unshare(flags), "unshare(mount, uts, ipc, net, cgroup, pid)")?;
+    // Become the namespace's root (host uid_base); until now we still carried
+    // host root's (unmapped) credentials.
+    ctx(
+        setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)),
+        "setresgid(0)",
+    )?;
+    ctx(nix::unistd::setgroups(&[]), "setgroups([])")?;
+    ctx(
+        setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)),
+        "setresuid(0)",
+    )?;
+    match ctx(bulkhead_sys::process::fork_single_threaded(), "fork")? {
+        nix::unistd::ForkResult::Child => {
+            let err = inner(cfg).unwrap_err();
+            say(&format!("error {err}"));
+            std::process::exit(1);
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            say(&format!("pid {child}"));
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                    Ok(_) => continue,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(format!("waitpid: {e}")),
+                }
+            }
+        }
+    }
+}
+
+fn bind_dev(dev: &Path, name: &str) -> Result<(), String> {
+    let target = dev.join(name);
+    ctx(
+        std::fs::File::create(&target),
+        &format!("create {}", target.display()),
+    )?;
+    let src = Path::new("/dev").join(name);
+    ctx(
+        mount(
+            Some(&src),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        ),
+        &format!("bind {}", src.display()),
+    )
+}
+
+/// PID 1's side: build the root, enter it, lock it down, exec init.
+fn inner(cfg: &InitConfig) -> Result<std::convert::Infallible, String> {
+    let none = None::<&str>;
+    ctx(
+        mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none),
+        "make mounts private",
+    )?;
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        cfg.lower.display(),
+        cfg.upper.display(),
+        cfg.work.display()
+    );
+    ctx(
+        mount(
+            Some("overlay"),
+            &cfg.merged,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(opts.as_str()),
+        ),
+        "mount root overlay",
+    )?;
+    let m = &cfg.merged;
+    let proc_dir = m.join("proc");
+    ctx(std::fs::create_dir_all(&proc_dir), "mkdir /proc")?;
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    ctx(
+        mount(Some("proc"), &proc_dir, Some("proc"), nosuid, none),
+        "mount /proc",
+    )?;
+    let dev = m.join("dev");
+    ctx(std::fs::create_dir_all(&dev), "mkdir /dev")?;
+    ctx(
+        mount(
+            Some("tmpfs"),
+            &dev,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("mode=755,size=1m"),
+        ),
+        "mount /dev",
+    )?;
+    for d in DEVICES {
+        bind_dev(&dev, d)?;
+    }
+    ctx(std::fs::create_dir_all(dev.join("pts")), "mkdir /dev/pts")?;
+    ctx(
+        mount(
+            Some("devpts"),
+            &dev.join("pts"),
+            Some("devpts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=620"),
+        ),
+        "mount /dev/pts",
+    )?;
+    ctx(
+        std::os::unix::fs::symlink("pts/ptmx", dev.join("ptmx")),
+        "link /dev/ptmx",
+    )?;
+    ctx(std::fs::create_dir_all(dev.join("shm")), "mkdir /dev/shm")?;
+    ctx(
+        mount(
+            Some("tmpfs"),
+            &dev.join("shm"),
+            Some("tmpfs"),
+            nosuid,
+            Some("mode=1777,size=64m"),
+        ),
+        "mount /dev/shm",
+    )?;
+    ctx(sethostname(&cfg.hostname), "sethostname")?;
+    ctx(chdir(m), "chdir to new root")?;
+    ctx(pivot_root(".", "."), "pivot_root")?;
+    ctx(umount2(".", MntFlags::MNT_DETACH), "detach old root")?;
+    ctx(chdir("/"), "chdir /")?;
+    seccomp::apply()?;
+    let argv: Vec<CString> = cfg
+        .init
+        .iter()
+        .map(|a| {
+            CString::new(a.as_bytes()).map_err(|_| format!("init argument {a:?} contains NUL"))
+        })
+        .collect::<Result<_, _>>()?;
+    let Some(prog) = argv.first() else {
+        return Err("empty init command".into());
+    };
+    say("ready");
+    // The control pipe must not reach the qube: stdin from /dev/null, stdout
+    // to the console log (stderr, opened by the backend).
+    let null = ctx(std::fs::File::open("/dev/null"), "open /dev/null")?;
+    ctx(dup2(null.as_raw_fd(), 0), "redirect stdin")?;
+    ctx(dup2(2, 1), "redirect stdout")?;
+    std::env::vars().for_each(|(k, _)| std::env::remove_var(k));
+    std::env::set_var(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    std::env::set_var("HOME", "/root");
+    let e = execvp(prog, &argv).unwrap_err();
+    Err(format!("exec {:?}: {e}", cfg.init[0]))
+}

@@ -1,0 +1,358 @@
+//! The `ns` backend: each qube in its own user, mount, PID, network, IPC,
+//! UTS and cgroup namespaces, its root an overlay over an idmapped view of the
+//! shared root, limited by cgroups and a seccomp filter.
+//!
+//! Weaker than `vm` (the host kernel is shared), which `bulkhead ls` says.
+//! The in-namespace work is done by the `bulkhead-nsinit` helper ([`init`]).
+
+mod cgroup;
+pub mod init;
+pub mod seccomp;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::mount::{umount2, MntFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{chown, Gid, Pid, Uid};
+
+use crate::{Backend, Capabilities, HalError, Instance, QubeSpec, RunState, Stats};
+pub use cgroup::{layout as cgroup_layout, Layout as CgroupLayout};
+
+/// The `ns` backend; `nsinit` is the path of the `bulkhead-nsinit` helper.
+pub struct NsBackend {
+    nsinit: PathBuf,
+}
+
+impl NsBackend {
+    pub fn new(nsinit: PathBuf) -> Self {
+        Self { nsinit }
+    }
+}
+
+fn missing(what: &str) -> Option<String> {
+    Some(what.to_string())
+}
+
+impl Backend for NsBackend {
+    fn name(&self) -> &'static str {
+        "ns"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let fs_ok = fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("overlay"));
+        let reason = if !nix::unistd::geteuid().is_root() {
+            missing("bulkheadd must run as root to set up namespaces and cgroups")
+        } else if !Path::new("/proc/self/ns/user").exists() {
+            missing("the kernel has no user namespaces")
+        } else if !fs_ok {
+            missing("the kernel has no overlay file system")
+        } else if !self.nsinit.exists() {
+            Some(format!("helper {} is not installed", self.nsinit.display()))
+        } else {
+            None
+        };
+        Capabilities {
+            usable: reason.is_none(),
+            reason,
+            pause: true,
+            memory_limit: true,
+        }
+    }
+
+    fn start(&self, spec: &QubeSpec) -> Result<Box<dyn Instance>, HalError> {
+        let caps = self.capabilities();
+        if let Some(reason) = caps.reason {
+            return Err(HalError::Unusable {
+                backend: "ns",
+                reason,
+            });
+        }
+        start(&self.nsinit, spec).map_err(|what| HalError::Start {
+            qube: spec.name.clone(),
+            what,
+        })
+    }
+}
+
+fn io<T>(r: std::io::Result<T>, what: impl FnOnce() -> String) -> Result<T, String> {
+    r.map_err(|e| format!("{}: {e}", what()))
+}
+
+/// A started helper, before it is handed out; kills the helper if dropped early.
+struct Starting {
+    child: Option<Child>,
+    lower: PathBuf,
+    lower_mounted: bool,
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if self.lower_mounted {
+            let _ = umount2(&self.lower, MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn read_line(out: &mut BufReader<ChildStdout>, log: &Path) -> Result<String, String> {
+    let mut line = String::new();
+    let n = io(out.read_line(&mut line), || {
+        "reading from the helper".into()
+    })?;
+    if n == 0 {
+        return Err(format!("the helper exited early; see {}", log.display()));
+    }
+    let line = line.trim_end().to_string();
+    if let Some(e) = line.strip_prefix("error ") {
+        return Err(e.to_string());
+    }
+    Ok(line)
+}
+
+fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
+    let lower = spec.run_dir.join("lower");
+    let merged = spec.run_dir.join("merged");
+    for d in [&lower, &merged, &spec.upper, &spec.work] {
+        io(fs::create_dir_all(d), || format!("create {}", d.display()))?;
+    }
+    let owner = (
+        Some(Uid::from_raw(spec.uid_base)),
+        Some(Gid::from_raw(spec.uid_base)),
+    );
+    for d in [&spec.upper, &spec.work] {
+        io(
+            chown(d.as_path(), owner.0, owner.1).map_err(std::io::Error::from),
+            || format!("chown {}", d.display()),
+        )?;
+    }
+    if let Some(dir) = spec.log.parent() {
+        io(fs::create_dir_all(dir), || {
+            format!("create {}", dir.display())
+        })?;
+    }
+    let log = io(
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log),
+        || format!("open console log {}", spec.log.display()),
+    )?;
+    let cg = io(
+        cgroup::Cgroup::create(
+            &spec.name,
+            spec.memory_mib * 1024 * 1024,
+            spec.vcpus,
+            spec.max_pids,
+        ),
+        || "create cgroups".into(),
+    )?;
+    let cfg = init::InitConfig {
+        hostname: spec.name.clone(),
+        lower: lower.clone(),
+        upper: spec.upper.clone(),
+        work: spec.work.clone(),
+        merged,
+        init: spec.init.clone(),
+    };
+    let cfg_json = serde_json::to_string(&cfg).map_err(|e| e.to_string())?;
+    let child = io(
+        Command::new(nsinit)
+            .arg(cfg_json)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn(),
+        || format!("run {}", nsinit.display()),
+    )?;
+    let mut st = Starting {
+        child: Some(child),
+        lower: lower.clone(),
+        lower_mounted: false,
+    };
+    let child = st.child.as_mut().ok_or("helper vanished")?;
+    let pid = child.id();
+    io(cg.add(pid), || "join cgroups".into())?;
+    let mut input: ChildStdin = child.stdin.take().ok_or("no helper stdin")?;
+    let mut out = BufReader::new(child.stdout.take().ok_or("no helper stdout")?);
+
+    let first = read_line(&mut out, &spec.log)?;
+    if first != "userns" {
+        return Err(format!("helper said {first:?}, expected 'userns'"));
+    }
+    let map = format!("0 {} {}", spec.uid_base, spec.uid_count);
+    for f in ["uid_map", "gid_map"] {
+        let p = format!("/proc/{pid}/{f}");
+        io(fs::write(&p, &map), || format!("write {p}"))?;
+    }
+    let userns = io(fs::File::open(format!("/proc/{pid}/ns/user")), || {
+        "open the qube's user namespace".into()
+    })?;
+    io(
+        bulkhead_sys::mount::idmapped_bind(&spec.root, userns.as_fd(), &lower, true),
+        || {
+            format!(
+                "idmapped mount of {} (needs kernel >= 5.12 and a file system that supports it)",
+                spec.root.display()
+            )
+        },
+    )?;
+    st.lower_mounted = true;
+    io(writeln!(input, "go"), || "signal the helper".into())?;
+
+    let mut init_pid = None;
+    loop {
+        let line = read_line(&mut out, &spec.log)?;
+        if let Some(p) = line.strip_prefix("pid ") {
+            init_pid = p.parse::<u32>().ok();
+        } else if line == "ready" {
+            break;
+        } else {
+            return Err(format!("helper said {line:?}"));
+        }
+    }
+    let init_pid = init_pid.ok_or("helper did not report the init pid")?;
+    // The qube's mount namespace holds its own copy now.
+    let _ = umount2(&lower, MntFlags::MNT_DETACH);
+    st.lower_mounted = false;
+    let child = st.child.take().ok_or("helper vanished")?;
+    Ok(Box::new(NsInstance {
+        name: spec.name.clone(),
+        helper: child,
+        init_pid,
+        cgroup: cg,
+        paused: false,
+        exited: None,
+    }))
+}
+
+/// A running `ns` qube.
+pub struct NsInstance {
+    name: String,
+    /// The helper; it exits with PID 1's status.
+    helper: Child,
+    init_pid: u32,
+    cgroup: cgroup::Cgroup,
+    paused: bool,
+    exited: Option<i32>,
+}
+
+impl NsInstance {
+    fn err(&self, what: String) -> HalError {
+        HalError::Control {
+            qube: self.name.clone(),
+            what,
+        }
+    }
+
+    fn poll(&mut self) -> Option<i32> {
+        if self.exited.is_none() {
+            if let Ok(Some(status)) = self.helper.try_wait() {
+                use std::os::unix::process::ExitStatusExt;
+                self.exited = Some(
+                    status
+                        .code()
+                        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+                );
+            }
+        }
+        self.exited
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.poll() {
+                return Some(c);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Instance for NsInstance {
+    fn init_pid(&self) -> u32 {
+        self.init_pid
+    }
+
+    fn state(&mut self) -> RunState {
+        match self.poll() {
+            Some(c) => RunState::Exited(c),
+            None if self.paused => RunState::Paused,
+            None => RunState::Running,
+        }
+    }
+
+    fn shutdown(&mut self, timeout: Duration) -> Result<RunState, HalError> {
+        if let Some(c) = self.poll() {
+            return Ok(RunState::Exited(c));
+        }
+        if self.paused {
+            self.unpause()?;
+        }
+        let _ = kill(Pid::from_raw(self.init_pid as i32), Signal::SIGTERM);
+        match self.wait_exit(timeout) {
+            Some(c) => Ok(RunState::Exited(c)),
+            None => self.kill(),
+        }
+    }
+
+    fn kill(&mut self) -> Result<RunState, HalError> {
+        if let Some(c) = self.poll() {
+            return Ok(RunState::Exited(c));
+        }
+        // SIGKILL to PID 1 of a PID namespace takes every process in it down.
+        kill(Pid::from_raw(self.init_pid as i32), Signal::SIGKILL)
+            .map_err(|e| self.err(format!("kill: {e}")))?;
+        if self.paused {
+            let _ = self.cgroup.freeze(false);
+            self.paused = false;
+        }
+        match self.wait_exit(Duration::from_secs(10)) {
+            Some(c) => Ok(RunState::Exited(c)),
+            None => Err(self.err("did not exit 10 s after SIGKILL".into())),
+        }
+    }
+
+    fn pause(&mut self) -> Result<(), HalError> {
+        self.cgroup
+            .freeze(true)
+            .map_err(|e| self.err(format!("pause: {e}")))?;
+        self.paused = true;
+        Ok(())
+    }
+
+    fn unpause(&mut self) -> Result<(), HalError> {
+        self.cgroup
+            .freeze(false)
+            .map_err(|e| self.err(format!("unpause: {e}")))?;
+        self.paused = false;
+        Ok(())
+    }
+
+    fn stats(&self) -> Stats {
+        Stats {
+            memory_peak: self.cgroup.memory_peak(),
+            memory_limit_hits: self.cgroup.memory_limit_hits(),
+        }
+    }
+}
+
+impl Drop for NsInstance {
+    fn drop(&mut self) {
+        if self.poll().is_none() {
+            let _ = self.kill();
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The `ns` backend against the real kernel: a busybox root, real namespaces,
+//! cgroups and seccomp. Needs root and a static busybox (Debian's
+//! `busybox-static`); says SKIPPED and why otherwise.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bulkhead_hal::ns::NsBackend;
+use bulkhead_hal::{Backend, Instance, QubeSpec, RunState};
+
+const BUSYBOX: &str = "/bin/busybox";
+const APPLETS: &[&str] = &[
+    "sh", "id", "cat", "ls", "hostname", "echo", "touch", "swapon", "sleep", "mount", "head", "tr",
+    "grep", "wc", "kill", "ps", "true",
+];
+
+fn skip_reason() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root".into());
+    }
+    let out = std::process::Command::new("ldd").arg(BUSYBOX).output();
+    match out {
+        Ok(o)
+            if String::from_utf8_lossy(&o.stdout).contains("not a dynamic")
+                || String::from_utf8_lossy(&o.stderr).contains("not a dynamic") =>
+        {
+            None
+        }
+        Ok(_) => Some(format!(
+            "{BUSYBOX} is not statically linked (apt-get install busybox-static)"
+        )),
+        Err(_) if Path::new(BUSYBOX).exists() => None,
+        Err(_) => Some(format!(
+            "{BUSYBOX} missing (apt-get install busybox-static)"
+        )),
+    }
+}
+
+macro_rules! require_ns {
+    () => {
+        if let Some(why) = skip_reason() {
+            println!("SKIPPED: {why}");
+            return;
+        }
+    };
+}
+
+/// A minimal root tree owned by host root, like a template's.
+fn rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    for d in ["bin", "etc", "tmp", "root"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    for a in APPLETS {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/template-file"), "from the template\n").unwrap();
+    root
+}
+
+struct Qube {
+    dir: tempfile::TempDir,
+    spec: QubeSpec,
+}
+
+fn qube(name: &str, script: &str, memory_mib: u64) -> Qube {
+    let dir = tempfile::tempdir().unwrap();
+    let root = rootfs(dir.path());
+    let spec = QubeSpec {
+        name: name.into(),
+        root,
+        upper: dir.path().join("upper"),
+        work: dir.path().join("work"),
+        run_dir: dir.path().join("run"),
+        init: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        uid_base: 200_000,
+        uid_count: 65536,
+        memory_mib,
+        vcpus: 1,
+        max_pids: 256,
+        log: dir.path().join("console.log"),
+    };
+    Qube { dir, spec }
+}
+
+fn backend() -> NsBackend {
+    NsBackend::new(PathBuf::from(env!("CARGO_BIN_EXE_bulkhead-nsinit")))
+}
+
+fn wait_exit(i: &mut Box<dyn Instance>) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let RunState::Exited(c) = i.state() {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "qube did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn log(q: &Qube) -> String {
+    std::fs::read_to_string(&q.spec.log).unwrap_or_default()
+}
+
+#[test]
+fn qube_runs_as_pid1_root_mapped_to_its_own_range() {
+    require_ns!();
+    let q = qube(
+        "nstest1",
+        "echo uid=$(id -u); cat /proc/self/uid_map; echo pid=$$; hostname; \
+         echo procs=$(ls /proc | grep -c '^[0-9]'); ls /dev | tr '\\n' ' '; echo; \
+         echo written > /etc/new-file; cat /etc/template-file; \
+         echo hostfs=$(ls / | tr '\\n' ' ')",
+        128,
+    );
+    let mut i = backend().start(&q.spec).expect("start");
+    assert_eq!(wait_exit(&mut i), 0, "{}", log(&q));
+    let out = log(&q);
+    assert!(out.contains("uid=0\n"), "{out}");
+    assert!(out.contains("0     200000      65536"), "{out}");
+    assert!(out.contains("pid=1\n"), "{out}");
+    assert!(out.contains("nstest1\n"), "{out}");
+    // Only the qube's own processes (sh, ls, grep) are visible.
+    let procs: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("procs="))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(procs <= 4, "saw {procs} processes: {out}");
+    assert!(
+        out.contains("full null ptmx pts random shm tty urandom zero"),
+        "{out}"
+    );
+    assert!(out.contains("from the template"), "{out}");
+    // The write went to the qube's upper layer, owned by its range; the
+    // shared root is untouched.
+    let up = q.spec.upper.join("etc/new-file");
+    assert_eq!(std::fs::read_to_string(&up).unwrap(), "written\n");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&up).unwrap().uid(), 200_000);
+    assert!(!q.spec.root.join("etc/new-file").exists());
+    drop(q.dir);
+}
+
+#[test]
+fn forbidden_syscalls_kill_or_fail() {
+    require_ns!();
+    let q = qube(
+        "nstest2",
+        "swapon /etc/passwd; echo swapon=$?; mount -t tmpfs none /tmp; echo mount=$?",
+        128,
+    );
+    let mut i = backend().start(&q.spec).expect("start");
+    assert_eq!(wait_exit(&mut i), 0, "{}", log(&q));
+    let out = log(&q);
+    // swapon is on the kill list: SIGSYS (31) → status 159.
+    assert!(out.contains("swapon=159"), "{out}");
+    assert!(out.contains("mount=") && !out.contains("mount=0"), "{out}");
+}
+
+#[test]
+fn kill_pause_unpause_and_shutdown() {
+    require_ns!();
+    let q = qube("nstest3", "while true; do echo tick; sleep 0.05; done", 128);
+    let mut i = backend().start(&q.spec).expect("start");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(i.state(), RunState::Running);
+    i.pause().unwrap();
+    assert_eq!(i.state(), RunState::Paused);
+    std::thread::sleep(Duration::from_millis(100));
+    let frozen = log(&q).len();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(log(&q).len(), frozen, "output while paused");
+    i.unpause().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(log(&q).len() > frozen, "no output after unpause");
+    // sh as PID 1 ignores SIGTERM, so shutdown falls back to kill.
+    let st = i.shutdown(Duration::from_millis(300)).unwrap();
+    assert_eq!(st, RunState::Exited(137));
+    let pid = i.init_pid();
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "init still exists"
+    );
+}
+
+#[test]
+fn memory_limit_contains_a_hog() {
+    require_ns!();
+    // Builds a 200 MB shell variable inside a 64 MiB qube.
+    let q = qube(
+        "nstest4",
+        "v=$(head -c 200000000 /dev/zero | tr '\\000' a); echo survived ${#v}",
+        64,
+    );
+    let mut i = backend().start(&q.spec).expect("start");
+    let code = wait_exit(&mut i);
+    let stats = i.stats();
+    let out = log(&q);
+    assert!(
+        !out.contains("survived 200000000"),
+        "the hog got all its memory: {out}"
+    );
+    if let Some(peak) = stats.memory_peak {
+        assert!(peak <= 64 * 1024 * 1024, "peak {peak} over the limit");
+    }
+    println!("memory hog: exit {code}, {stats:?}, console: {out:?}");
+    assert!(
+        code != 0 || stats.memory_limit_hits > 0,
+        "exit {code}, {stats:?}: {out}"
+    );
+}

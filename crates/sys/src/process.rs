@@ -1,0 +1,43 @@
+//! `fork`, allowed only where it is sound: in a single-threaded process.
+
+use std::io;
+
+pub use nix::unistd::ForkResult;
+
+/// Number of threads of this process, from `/proc/self/status`.
+pub fn thread_count() -> io::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no Threads: line in /proc/self/status"))
+}
+
+/// Forks, after checking that this process has exactly one thread.
+pub fn fork_single_threaded() -> io::Result<ForkResult> {
+    let n = thread_count()?;
+    if n != 1 {
+        return Err(io::Error::other(format!(
+            "refusing to fork a process with {n} threads"
+        )));
+    }
+    // SAFETY: the process has a single thread (checked just above, and this
+    // crate's callers create none in between), so the child cannot inherit a
+    // lock held by another thread; both sides continue as ordinary processes.
+    unsafe { nix::unistd::fork() }.map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn test_harness_threads_are_counted() {
+        // The test harness runs tests on worker threads, so there are at
+        // least two here and fork must refuse.
+        let n = super::thread_count().unwrap();
+        assert!(n >= 1);
+        if n > 1 {
+            assert!(super::fork_single_threaded().is_err());
+        }
+    }
+}
