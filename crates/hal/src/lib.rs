@@ -10,6 +10,7 @@
 //! it gets a fully resolved [`QubeSpec`] and reports process-level facts.
 #![forbid(unsafe_code)]
 
+pub mod guest;
 pub mod ns;
 
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ pub struct QubeSpec {
     /// Overlay work dir on the same file system as `upper`.
     pub work: PathBuf,
     /// Scratch dir for the backend's own mounts and sockets (created if missing).
+    /// Its `channel/` subdir is the guest channel: mounted at
+    /// [`GUEST_CHANNEL_DIR`] inside the qube, where the agent listens.
     pub run_dir: PathBuf,
     /// Program run as PID 1 inside the qube, with its arguments.
     pub init: Vec<String>,
@@ -47,6 +50,11 @@ pub struct QubeSpec {
     /// Where the qube's console output goes.
     pub log: PathBuf,
 }
+
+/// Where the guest channel appears inside a qube.
+pub const GUEST_CHANNEL_DIR: &str = "/run/bulkhead";
+/// The agent's qrexec socket, relative to the channel dir.
+pub const AGENT_SOCKET: &str = "qrexec.sock";
 
 /// What a backend can do on this host, found by trying, not by guessing.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -107,6 +115,8 @@ pub trait Backend: Send + Sync {
 pub trait Instance: Send {
     /// Host pid of the qube's init.
     fn init_pid(&self) -> u32;
+    /// Host path of the agent's qrexec socket (exists once the agent listens).
+    fn agent_socket(&self) -> PathBuf;
     /// Current state (reaps the qube if it exited).
     fn state(&mut self) -> RunState;
     /// Asks init to stop (SIGTERM), then kills after `timeout`. Returns the exit state.

@@ -218,3 +218,128 @@ fn memory_limit_contains_a_hog() {
         "exit {code}, {stats:?}: {out}"
     );
 }
+
+fn agent_bin() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_bulkhead-nsinit")).with_file_name("bulkhead-agent");
+    p.exists().then_some(p)
+}
+
+/// Copies a dynamically linked binary and the libraries `ldd` names into `root`.
+fn install_binary(root: &Path, bin: &Path, dest: &str) {
+    let target = root.join(dest.trim_start_matches('/'));
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::copy(bin, &target).unwrap();
+    let out = std::process::Command::new("ldd").arg(bin).output().unwrap();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let path = line.split_whitespace().find(|w| w.starts_with('/'));
+        if let Some(lib) = path {
+            let t = root.join(lib.trim_start_matches('/'));
+            std::fs::create_dir_all(t.parent().unwrap()).unwrap();
+            std::fs::copy(lib, &t).unwrap();
+        }
+    }
+}
+
+fn exec(i: &dyn Instance, user: &str, cmd: &str, stdin: Vec<u8>) -> (i32, String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = bulkhead_hal::guest::exec(
+        &i.agent_socket(),
+        user,
+        cmd,
+        std::io::Cursor::new(stdin),
+        &mut out,
+        &mut err,
+    )
+    .expect("exec through the agent");
+    (
+        code,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+#[test]
+fn commands_run_through_the_agent_over_the_guest_channel() {
+    require_ns!();
+    let Some(agent) = agent_bin() else {
+        println!("SKIPPED: bulkhead-agent not built (run cargo test --workspace)");
+        return;
+    };
+    let mut q = qube("nstest5", "", 256);
+    install_binary(&q.spec.root, &agent, "/usr/bin/bulkhead-agent");
+    std::fs::create_dir_all(q.spec.root.join("home/user")).unwrap();
+    q.spec.init = vec!["/usr/bin/bulkhead-agent".into()];
+    let mut i = backend().start(&q.spec).expect("start");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !i.agent_socket().exists() {
+        assert!(
+            Instant::now() < deadline,
+            "agent never listened: {}",
+            log(&q)
+        );
+        assert_eq!(i.state(), RunState::Running, "{}", log(&q));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (code, out, err) = exec(&*i, "user", "id -u; echo out; echo err >&2; exit 3", vec![]);
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (3, "1000\nout\n", "err\n")
+    );
+    let (code, out, _) = exec(&*i, "root", "id -u; hostname; echo $$", vec![]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["0", "nstest5"]);
+    // stdin streams in; large output streams out.
+    let (code, out, _) = exec(&*i, "user", "wc -c", vec![b'x'; 1_000_000]);
+    assert_eq!((code, out.trim()), (0, "1000000"));
+    let (code, out, _) = exec(
+        &*i,
+        "user",
+        "head -c 3000000 /dev/zero | tr '\\000' y",
+        vec![],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(out.len(), 3_000_000);
+    assert!(out.bytes().all(|b| b == b'y'));
+    let (code, _, err) = exec(&*i, "nobody-here", "true", vec![]);
+    assert_eq!(code, 125);
+    assert!(err.contains("no user 'nobody-here'"), "{err}");
+    // Many calls at once.
+    let socket = i.agent_socket();
+    let handles: Vec<_> = (0..32)
+        .map(|n| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let code = bulkhead_hal::guest::exec(
+                    &socket,
+                    "user",
+                    &format!("echo {n}"),
+                    std::io::empty(),
+                    &mut out,
+                    std::io::sink(),
+                )
+                .unwrap();
+                (n, code, String::from_utf8(out).unwrap())
+            })
+        })
+        .collect();
+    for h in handles {
+        let (n, code, out) = h.join().unwrap();
+        assert_eq!((code, out), (0, format!("{n}\n")));
+    }
+    assert_eq!(i.kill().unwrap(), RunState::Exited(137));
+}
+
+#[test]
+fn a_symlinked_agent_socket_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("qrexec.sock");
+    std::os::unix::fs::symlink("/run/bulkhead/qubesd.sock", &link).unwrap();
+    // O_PATH|O_NOFOLLOW opens the link itself, which is not a socket.
+    let err = bulkhead_hal::guest::connect_guest_socket(&link).unwrap_err();
+    assert!(err.to_string().contains("is not a socket"), "{err}");
+    let file = dir.path().join("plain");
+    std::fs::write(&file, b"").unwrap();
+    assert!(bulkhead_hal::guest::connect_guest_socket(&file).is_err());
+}

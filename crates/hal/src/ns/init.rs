@@ -37,6 +37,8 @@ pub struct InitConfig {
     pub work: PathBuf,
     /// Empty dir where the overlay is assembled.
     pub merged: PathBuf,
+    /// Host dir bound at [`crate::GUEST_CHANNEL_DIR`] inside the qube.
+    pub channel: PathBuf,
     pub init: Vec<String>,
 }
 
@@ -201,6 +203,21 @@ fn inner(cfg: &InitConfig) -> Result<std::convert::Infallible, String> {
             Some("mode=1777,size=64m"),
         ),
         "mount /dev/shm",
+    )?;
+    let chan = m.join(crate::GUEST_CHANNEL_DIR.trim_start_matches('/'));
+    ctx(
+        std::fs::create_dir_all(&chan),
+        "mkdir the guest channel dir",
+    )?;
+    ctx(
+        mount(
+            Some(&cfg.channel),
+            &chan,
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            none,
+        ),
+        "bind the guest channel",
     )?;
     ctx(sethostname(&cfg.hostname), "sethostname")?;
     ctx(chdir(m), "chdir to new root")?;

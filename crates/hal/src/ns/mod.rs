@@ -120,14 +120,17 @@ fn read_line(out: &mut BufReader<ChildStdout>, log: &Path) -> Result<String, Str
 fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
     let lower = spec.run_dir.join("lower");
     let merged = spec.run_dir.join("merged");
-    for d in [&lower, &merged, &spec.upper, &spec.work] {
+    let channel = spec.run_dir.join("channel");
+    // A stale socket from an earlier run must not be mistaken for the agent.
+    let _ = fs::remove_file(channel.join(crate::AGENT_SOCKET));
+    for d in [&lower, &merged, &channel, &spec.upper, &spec.work] {
         io(fs::create_dir_all(d), || format!("create {}", d.display()))?;
     }
     let owner = (
         Some(Uid::from_raw(spec.uid_base)),
         Some(Gid::from_raw(spec.uid_base)),
     );
-    for d in [&spec.upper, &spec.work] {
+    for d in [&spec.upper, &spec.work, &channel] {
         io(
             chown(d.as_path(), owner.0, owner.1).map_err(std::io::Error::from),
             || format!("chown {}", d.display()),
@@ -160,6 +163,7 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
         upper: spec.upper.clone(),
         work: spec.work.clone(),
         merged,
+        channel: channel.clone(),
         init: spec.init.clone(),
     };
     let cfg_json = serde_json::to_string(&cfg).map_err(|e| e.to_string())?;
@@ -231,6 +235,7 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
         cgroup: cg,
         paused: false,
         exited: None,
+        agent_socket: channel.join(crate::AGENT_SOCKET),
     }))
 }
 
@@ -243,6 +248,7 @@ pub struct NsInstance {
     cgroup: cgroup::Cgroup,
     paused: bool,
     exited: Option<i32>,
+    agent_socket: PathBuf,
 }
 
 impl NsInstance {
@@ -284,6 +290,10 @@ impl NsInstance {
 impl Instance for NsInstance {
     fn init_pid(&self) -> u32 {
         self.init_pid
+    }
+
+    fn agent_socket(&self) -> PathBuf {
+        self.agent_socket.clone()
     }
 
     fn state(&mut self) -> RunState {

@@ -1,0 +1,218 @@
+//! One qrexec call on one connection: HELLO, EXEC_CMDLINE, then data both
+//! ways until the command exits.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use bulkhead_proto::qrexec::{self, encode, max_chunk, Decoder, Message};
+
+use crate::reaper::Reaper;
+
+/// A user from the qube's `/etc/passwd`.
+struct User {
+    name: String,
+    uid: u32,
+    gid: u32,
+    home: String,
+}
+
+fn lookup_user(name: &str) -> Option<User> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 6 && f[0] == name).then(|| User {
+            name: f[0].to_string(),
+            uid: f[2].parse().unwrap_or(u32::MAX),
+            gid: f[3].parse().unwrap_or(u32::MAX),
+            home: f[5].to_string(),
+        })
+    })
+}
+
+fn send(out: &Mutex<UnixStream>, m: &Message) -> io::Result<()> {
+    let bytes =
+        encode(m).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    out.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .write_all(&bytes)
+}
+
+fn recv(stream: &mut UnixStream, dec: &mut Decoder) -> io::Result<Option<Message>> {
+    let mut buf = [0u8; 16384];
+    loop {
+        if let Some(m) = dec
+            .next_message()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
+        {
+            return Ok(Some(m));
+        }
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        dec.feed(&buf[..n]);
+    }
+}
+
+fn pump(
+    mut from: impl Read,
+    out: &Mutex<UnixStream>,
+    chunk: usize,
+    wrap: fn(Vec<u8>) -> Message,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; chunk];
+    loop {
+        let n = from.read(&mut buf)?;
+        send(out, &wrap(buf[..n].to_vec()))?;
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Serves one call; errors are reported to the caller where possible.
+pub fn serve(mut stream: UnixStream, reaper: &Reaper) -> io::Result<()> {
+    let out = Arc::new(Mutex::new(stream.try_clone()?));
+    send(
+        &out,
+        &Message::Hello {
+            version: qrexec::PROTOCOL_VERSION,
+        },
+    )?;
+    let mut dec = Decoder::new(qrexec::MIN_PROTOCOL_VERSION);
+    let version = match recv(&mut stream, &mut dec)? {
+        Some(Message::Hello { version }) => qrexec::negotiate(qrexec::PROTOCOL_VERSION, version)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("expected HELLO, got {other:?}"),
+            ))
+        }
+    };
+    dec.set_version(version);
+    let (cmdline, just_exec) = match recv(&mut stream, &mut dec)? {
+        Some(Message::ExecCmdline { cmdline, .. }) => (cmdline, false),
+        Some(Message::JustExec { cmdline, .. }) => (cmdline, true),
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("expected EXEC_CMDLINE, got {other:?}"),
+            ))
+        }
+    };
+    let fail = |code: i32, msg: &str| -> io::Result<()> {
+        send(&out, &Message::DataStdout(vec![]))?;
+        send(
+            &out,
+            &Message::DataStderr(format!("bulkhead-agent: {msg}\n").into_bytes()),
+        )?;
+        send(&out, &Message::DataStderr(vec![]))?;
+        send(&out, &Message::ExitCode(code as u32))
+    };
+    let text = String::from_utf8_lossy(&cmdline).into_owned();
+    let Some((user, command)) = text.split_once(':') else {
+        return fail(
+            qrexec::EXIT_QREXEC_FAILED,
+            "command line has no 'user:' prefix",
+        );
+    };
+    if command.starts_with("QUBESRPC ") {
+        return fail(
+            qrexec::EXIT_NO_SERVICE,
+            "qrexec services are not supported by this agent yet",
+        );
+    }
+    let Some(u) = lookup_user(user) else {
+        return fail(
+            qrexec::EXIT_QREXEC_FAILED,
+            &format!("no user '{user}' in this qube"),
+        );
+    };
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(command)
+        .uid(u.uid)
+        .gid(u.gid)
+        .env_clear()
+        .env("HOME", &u.home)
+        .env("USER", &u.name)
+        .env("LOGNAME", &u.name)
+        .env("SHELL", "/bin/sh")
+        .env(
+            "PATH",
+            "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+        )
+        .current_dir(if std::path::Path::new(&u.home).is_dir() {
+            u.home.as_str()
+        } else {
+            "/"
+        });
+    if just_exec {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        return match cmd.spawn() {
+            Ok(c) => {
+                let pid = c.id();
+                let r = reaper.clone();
+                std::thread::spawn(move || r.wait(pid));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(
+                qrexec::EXIT_QREXEC_FAILED,
+                &format!("cannot run the command: {e}"),
+            )
+        }
+    };
+    let pid = child.id();
+    let chunk = max_chunk(version);
+    let (o, e) = (out.clone(), out.clone());
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("no stdout"))?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| io::Error::other("no stderr"))?;
+    let t_out = std::thread::spawn(move || pump(stdout, &o, chunk, Message::DataStdout));
+    let t_err = std::thread::spawn(move || pump(stderr, &e, chunk, Message::DataStderr));
+    // Caller's stdin, until its empty DATA_STDIN (EOF) or the connection ends.
+    let mut stdin = child.stdin.take();
+    let mut reader = stream.try_clone()?;
+    std::thread::spawn(move || {
+        while let Ok(Some(m)) = recv(&mut reader, &mut dec) {
+            match m {
+                Message::DataStdin(d) if d.is_empty() => break,
+                Message::DataStdin(d) => {
+                    if let Some(s) = stdin.as_mut() {
+                        if s.write_all(&d).is_err() {
+                            stdin = None;
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
+        drop(stdin);
+    });
+    let _ = t_out.join();
+    let _ = t_err.join();
+    let code = reaper.wait(pid);
+    send(&out, &Message::ExitCode(code as u32))?;
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! `bulkhead-agent`: runs inside every qube, as PID 1 or started by it.
+//!
+//! Today it reaps orphaned processes (PID 1's duty) and serves qrexec
+//! `MSG_EXEC_CMDLINE` calls on the guest channel socket: `user:command` runs
+//! `/bin/sh -c command` as that user, with stdin, stdout, stderr and the exit
+//! code carried in qrexec data messages. Services (`QUBESRPC …`), policy and
+//! qube-to-qube calls come with the qrexec issue.
+//!
+//! It trusts only the host on the other end of its socket, and must never
+//! depend on a host crate (checked by `crates/daemon/tests/deps.rs`).
+#![forbid(unsafe_code)]
+
+mod exec;
+mod reaper;
+
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+
+fn main() {
+    let socket = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/bulkhead/qrexec.sock"));
+    let reaper = reaper::Reaper::start();
+    let _ = std::fs::remove_file(&socket);
+    let listener = match UnixListener::bind(&socket) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("bulkhead-agent: cannot listen on {}: {e}", socket.display());
+            // As PID 1, exiting would end the qube; that is the right outcome
+            // for a qube the host cannot talk to.
+            std::process::exit(1);
+        }
+    };
+    eprintln!("bulkhead-agent: listening on {}", socket.display());
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                let reaper = reaper.clone();
+                std::thread::spawn(move || {
+                    if let Err(e) = exec::serve(stream, &reaper) {
+                        eprintln!("bulkhead-agent: call failed: {e}");
+                    }
+                });
+            }
+            Err(e) => eprintln!("bulkhead-agent: accept: {e}"),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The host's end of the guest channel: run a command in a qube through its
+//! agent (`MSG_EXEC_CMDLINE` on the agent's socket), streaming stdio.
+//!
+//! The socket lives in a directory the qube can write, so it is opened
+//! without following symlinks and must be a socket: a hostile qube cannot
+//! point the host at another socket on the host.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use bulkhead_proto::qrexec::{self, encode, max_chunk, Decoder, Message};
+
+fn bad(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// Connects to a socket the guest controls, refusing symlinks and non-sockets.
+pub fn connect_guest_socket(path: &Path) -> io::Result<UnixStream> {
+    let f = File::options()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    if !f.metadata()?.file_type().is_socket() {
+        return Err(bad(format!("{} is not a socket", path.display())));
+    }
+    // Connecting through the O_PATH descriptor names exactly the inode we checked.
+    UnixStream::connect(format!("/proc/self/fd/{}", f.as_raw_fd()))
+}
+
+fn send(s: &mut UnixStream, m: &Message) -> io::Result<()> {
+    let bytes = encode(m).map_err(|e| bad(e.to_string()))?;
+    s.write_all(&bytes)
+}
+
+fn recv(s: &mut UnixStream, dec: &mut Decoder) -> io::Result<Option<Message>> {
+    let mut buf = [0u8; 65536];
+    loop {
+        if let Some(m) = dec.next_message().map_err(|e| bad(e.to_string()))? {
+            return Ok(Some(m));
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        dec.feed(&buf[..n]);
+    }
+}
+
+/// Runs `user:command` in the qube behind `socket`; copies `stdin` to it and
+/// its output to `stdout`/`stderr`; returns its exit code.
+pub fn exec(
+    socket: &Path,
+    user: &str,
+    command: &str,
+    mut stdin: impl Read + Send + 'static,
+    mut stdout: impl Write,
+    mut stderr: impl Write,
+) -> io::Result<i32> {
+    let mut s = connect_guest_socket(socket)?;
+    send(
+        &mut s,
+        &Message::Hello {
+            version: qrexec::PROTOCOL_VERSION,
+        },
+    )?;
+    let mut dec = Decoder::new(qrexec::MIN_PROTOCOL_VERSION);
+    let version = match recv(&mut s, &mut dec)? {
+        Some(Message::Hello { version }) => {
+            qrexec::negotiate(qrexec::PROTOCOL_VERSION, version).map_err(|e| bad(e.to_string()))?
+        }
+        other => return Err(bad(format!("agent did not say HELLO: {other:?}"))),
+    };
+    dec.set_version(version);
+    let cmdline = format!("{user}:{command}").into_bytes();
+    send(
+        &mut s,
+        &Message::ExecCmdline {
+            connect_domain: 0,
+            connect_port: 0,
+            cmdline,
+        },
+    )?;
+    let mut w = s.try_clone()?;
+    let chunk = max_chunk(version);
+    let feeder = std::thread::spawn(move || -> io::Result<()> {
+        let mut buf = vec![0u8; chunk];
+        loop {
+            let n = stdin.read(&mut buf)?;
+            send(&mut w, &Message::DataStdin(buf[..n].to_vec()))?;
+            if n == 0 {
+                return Ok(());
+            }
+        }
+    });
+    loop {
+        match recv(&mut s, &mut dec)? {
+            Some(Message::DataStdout(d)) => stdout.write_all(&d)?,
+            Some(Message::DataStderr(d)) => stderr.write_all(&d)?,
+            Some(Message::ExitCode(c)) => {
+                stdout.flush()?;
+                stderr.flush()?;
+                // The command is done: whatever stdin was left is not needed.
+                let _ = s.shutdown(std::net::Shutdown::Both);
+                drop(feeder);
+                return Ok(i32::try_from(c).unwrap_or(qrexec::EXIT_QREXEC_FAILED));
+            }
+            Some(other) => {
+                return Err(bad(format!("unexpected message from the agent: {other:?}")))
+            }
+            None => return Err(bad("the agent closed the call without an exit code".into())),
+        }
+    }
+}
