@@ -157,6 +157,7 @@ pub fn serve(mut stream: UnixStream, reaper: &Reaper) -> io::Result<()> {
             .stderr(Stdio::null());
         return match cmd.spawn() {
             Ok(c) => {
+                reaper.spawned();
                 let pid = c.id();
                 let r = reaper.clone();
                 std::thread::spawn(move || r.wait(pid));
@@ -177,6 +178,7 @@ pub fn serve(mut stream: UnixStream, reaper: &Reaper) -> io::Result<()> {
             )
         }
     };
+    reaper.spawned();
     let pid = child.id();
     let chunk = max_chunk(version);
     let (o, e) = (out.clone(), out.clone());

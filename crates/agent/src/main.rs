@@ -22,16 +22,20 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/run/bulkhead/qrexec.sock"));
     let reaper = reaper::Reaper::start();
-    let _ = std::fs::remove_file(&socket);
-    let listener = match UnixListener::bind(&socket) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("bulkhead-agent: cannot listen on {}: {e}", socket.display());
-            // As PID 1, exiting would end the qube; that is the right outcome
-            // for a qube the host cannot talk to.
-            std::process::exit(1);
-        }
-    };
+    // Bind under a temporary name and rename: the socket appears only once it
+    // is listening, so the host never sees a path that refuses connections.
+    let tmp = socket.with_extension("sock.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let listener =
+        match UnixListener::bind(&tmp).and_then(|l| std::fs::rename(&tmp, &socket).map(|()| l)) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("bulkhead-agent: cannot listen on {}: {e}", socket.display());
+                // As PID 1, exiting would end the qube; that is the right outcome
+                // for a qube the host cannot talk to.
+                std::process::exit(1);
+            }
+        };
     eprintln!("bulkhead-agent: listening on {}", socket.display());
     for conn in listener.incoming() {
         match conn {
