@@ -22,7 +22,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 if ! command -v cargo >/dev/null; then
-    echo "quickstart: Rust (cargo >= 1.85) is needed; install it with rustup, then re-run" >&2
+    echo "quickstart: Rust (cargo >= 1.87) is needed; install it with rustup, then re-run" >&2
     exit 1
 fi
 

@@ -44,7 +44,7 @@ fn no_acknowledged_write_is_lost_under_kill_9() {
             let mut seq = 0u64;
             while !done.load(Ordering::Relaxed) {
                 seq += 1;
-                let create = seq % 25 == 0;
+                let create = seq.is_multiple_of(25);
                 let (req, key) = if create {
                     let name = format!("w{w}q{seq}");
                     let payload = format!("name={name} label=red");

@@ -24,7 +24,12 @@ fn guest_shared_crates_do_not_depend_on_host_crates() {
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let host_crates = ["bulkheadd", "bulkhead-cli", "bulkhead-hal"];
     // Code that runs inside qubes, or that they link.
-    let guest_shared = ["bulkhead-proto", "bulkhead-agent", "bulkhead-sys"];
+    let guest_shared = [
+        "bulkhead-proto",
+        "bulkhead-agent",
+        "bulkhead-sys",
+        "bulkhead-filecopy",
+    ];
     let packages = meta["packages"].as_array().unwrap();
     for p in packages {
         let name = p["name"].as_str().unwrap();

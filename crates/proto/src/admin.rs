@@ -257,7 +257,7 @@ impl EventStream {
             if self.buf[i] == 0 {
                 let field = &self.buf[start..i];
                 // After subject and event, an empty field in key position ends the event.
-                if fields.len() >= 2 && fields.len() % 2 == 0 && field.is_empty() {
+                if fields.len() >= 2 && fields.len().is_multiple_of(2) && field.is_empty() {
                     end = Some(i + 1);
                     break;
                 }

@@ -13,5 +13,6 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod filecopy;
 pub mod names;
 pub mod qrexec;

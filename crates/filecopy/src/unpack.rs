@@ -1,0 +1,275 @@
+//! The receiving side.
+
+use std::collections::HashSet;
+use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bulkhead_proto::filecopy::{
+    check_link, check_name, Crc32, FilecopyError, Header, Kind, HEADER_LEN,
+};
+
+/// Limits on one transfer.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bytes: u64,
+    pub max_files: u64,
+    /// Accept symbolic links (that stay inside the copied item).
+    pub allow_links: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 1 << 40,
+            max_files: 1_000_000,
+            allow_links: true,
+        }
+    }
+}
+
+/// What was received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub files: u64,
+    pub bytes: u64,
+    /// CRC32 of every byte of the stream, for the reply.
+    pub crc32: u32,
+}
+
+/// A refused or failed transfer: an errno for the reply and a message.
+#[derive(Debug)]
+pub struct UnpackError {
+    pub errno: i32,
+    pub message: String,
+    /// The record being processed, if any.
+    pub last_name: Option<String>,
+    /// CRC32 of the bytes read so far.
+    pub crc32: u32,
+}
+
+impl std::fmt::Display for UnpackError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.last_name {
+            Some(n) => write!(f, "{n}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for UnpackError {}
+
+struct Fail(i32, String);
+
+impl From<FilecopyError> for Fail {
+    fn from(e: FilecopyError) -> Self {
+        Fail(libc::EINVAL, e.to_string())
+    }
+}
+
+fn io_fail(what: &str, e: io::Error) -> Fail {
+    Fail(
+        e.raw_os_error().unwrap_or(libc::EIO),
+        format!("{what}: {e}"),
+    )
+}
+
+/// Counts and checksums everything read from the sender.
+struct Src<R> {
+    inner: R,
+    crc: Crc32,
+}
+
+impl<R: Read> Src<R> {
+    fn exact(&mut self, buf: &mut [u8]) -> Result<(), Fail> {
+        self.inner.read_exact(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                Fail(
+                    libc::EREMOTEIO,
+                    "the stream ended in the middle of a record".into(),
+                )
+            } else {
+                io_fail("reading the stream", e)
+            }
+        })?;
+        self.crc.update(buf);
+        Ok(())
+    }
+}
+
+fn time(secs: u32, nsec: u32) -> SystemTime {
+    UNIX_EPOCH + Duration::new(u64::from(secs), nsec)
+}
+
+fn times(h: &Header) -> FileTimes {
+    FileTimes::new()
+        .set_accessed(time(h.atime, h.atime_nsec))
+        .set_modified(time(h.mtime, h.mtime_nsec))
+}
+
+/// Walks `comps` below `base` without following symlinks; each must be a
+/// directory created by this transfer or already a real directory.
+fn walk(base: &Path, comps: &[String]) -> Result<PathBuf, Fail> {
+    let mut p = base.to_path_buf();
+    for c in comps {
+        p.push(c);
+        let m =
+            fs::symlink_metadata(&p).map_err(|e| io_fail(&format!("parent {}", p.display()), e))?;
+        if !m.file_type().is_dir() {
+            return Err(Fail(
+                libc::ENOTDIR,
+                format!("parent {} is not a directory", p.display()),
+            ));
+        }
+    }
+    Ok(p)
+}
+
+/// Writes the stream from `input` into `dest` (which must exist).
+pub fn unpack(input: impl Read, dest: &Path, limits: Limits) -> Result<Stats, UnpackError> {
+    let mut src = Src {
+        inner: input,
+        crc: Crc32::default(),
+    };
+    let mut last = None;
+    let r = run(&mut src, dest, limits, &mut last);
+    let crc32 = src.crc.value();
+    match r {
+        Ok((files, bytes)) => {
+            if let Ok(d) = File::open(dest) {
+                let _ = nix::unistd::syncfs(d.as_raw_fd());
+            }
+            Ok(Stats {
+                files,
+                bytes,
+                crc32,
+            })
+        }
+        Err(Fail(errno, message)) => Err(UnpackError {
+            errno,
+            message,
+            last_name: last,
+            crc32,
+        }),
+    }
+}
+
+fn run(
+    src: &mut Src<impl Read>,
+    dest: &Path,
+    limits: Limits,
+    last: &mut Option<String>,
+) -> Result<(u64, u64), Fail> {
+    let meta = fs::symlink_metadata(dest)
+        .map_err(|e| io_fail(&format!("destination {}", dest.display()), e))?;
+    if !meta.is_dir() {
+        return Err(Fail(
+            libc::ENOTDIR,
+            format!("destination {} is not a directory", dest.display()),
+        ));
+    }
+    let mut made_dirs: HashSet<PathBuf> = HashSet::new();
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let mut hb = [0u8; HEADER_LEN];
+        src.exact(&mut hb)?;
+        let h = Header::parse(&hb);
+        if h.is_end() {
+            return Ok((files, bytes));
+        }
+        let kind = h.check()?;
+        let mut name = vec![0u8; h.namelen as usize];
+        src.exact(&mut name)?;
+        *last = Some(String::from_utf8_lossy(&name).into_owned());
+        let comps = check_name(&name)?;
+        files += 1;
+        if files > limits.max_files {
+            return Err(Fail(
+                libc::EDQUOT,
+                format!("more than {} files", limits.max_files),
+            ));
+        }
+        let (leaf, parents) = comps
+            .split_last()
+            .ok_or(Fail(libc::EINVAL, "empty name".into()))?;
+        let parent = walk(dest, parents)?;
+        let target = parent.join(leaf);
+        match kind {
+            Kind::File => {
+                if h.filelen > limits.max_bytes.saturating_sub(bytes) {
+                    return Err(Fail(
+                        libc::EDQUOT,
+                        format!("more than {} bytes in total", limits.max_bytes),
+                    ));
+                }
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_TMPFILE)
+                    .open(&parent)
+                    .map_err(|e| io_fail(&format!("creating a file in {}", parent.display()), e))?;
+                let mut left = h.filelen;
+                while left > 0 {
+                    let n = left.min(buf.len() as u64) as usize;
+                    src.exact(&mut buf[..n])?;
+                    f.write_all(&buf[..n]).map_err(|e| io_fail("writing", e))?;
+                    left -= n as u64;
+                }
+                bytes += h.filelen;
+                f.set_permissions(Permissions::from_mode(h.perms()))
+                    .map_err(|e| io_fail("chmod", e))?;
+                f.set_times(times(&h))
+                    .map_err(|e| io_fail("setting times", e))?;
+                // Appears under its name only now, complete; never replaces anything.
+                let from = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+                nix::unistd::linkat(
+                    None,
+                    from.as_path(),
+                    None,
+                    target.as_path(),
+                    nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+                )
+                .map_err(|e| {
+                    io_fail(
+                        &format!("creating {}", target.display()),
+                        io::Error::from(e),
+                    )
+                })?;
+            }
+            Kind::Dir => {
+                if made_dirs.contains(&target) {
+                    // Second record: the directory's real mode and times.
+                    let d = OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                        .open(&target)
+                        .map_err(|e| io_fail("opening directory", e))?;
+                    d.set_times(times(&h))
+                        .map_err(|e| io_fail("setting times", e))?;
+                    d.set_permissions(Permissions::from_mode(h.perms()))
+                        .map_err(|e| io_fail("chmod", e))?;
+                } else {
+                    fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&target)
+                        .map_err(|e| io_fail(&format!("creating {}", target.display()), e))?;
+                    made_dirs.insert(target);
+                }
+            }
+            Kind::Symlink => {
+                if !limits.allow_links {
+                    return Err(Fail(libc::EINVAL, "symbolic links are not accepted".into()));
+                }
+                let mut t = vec![0u8; h.filelen as usize];
+                src.exact(&mut t)?;
+                let t = check_link(&comps, &t)?;
+                symlink(&t, &target)
+                    .map_err(|e| io_fail(&format!("creating link {}", target.display()), e))?;
+            }
+        }
+    }
+}
