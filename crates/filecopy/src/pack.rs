@@ -56,10 +56,10 @@ fn one(out: &mut Out<'_, impl Write>, path: &Path, name: &Path) -> io::Result<()
         out.put(&header(nb, Kind::File, perms, m.len(), &m).encode())?;
         out.put(nb)?;
         let mut f = fs::File::open(path)?;
-        let mut buf = vec![0u8; 65536];
+        let mut buf = vec![0u8; 1 << 20];
         let mut left = m.len();
         while left > 0 {
-            let n = f.read(&mut buf[..left.min(65536) as usize])?;
+            let n = f.read(&mut buf[..left.min(1 << 20) as usize])?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,

@@ -173,7 +173,8 @@ fn run(
     }
     let mut made_dirs: HashSet<PathBuf> = HashSet::new();
     let (mut files, mut bytes) = (0u64, 0u64);
-    let mut buf = vec![0u8; 65536];
+    // Large enough that a big file moves in few read/write calls.
+    let mut buf = vec![0u8; 1 << 20];
     loop {
         let mut hb = [0u8; HEADER_LEN];
         src.exact(&mut hb)?;
