@@ -22,8 +22,14 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 if ! command -v cargo >/dev/null; then
-    echo "quickstart: Rust (cargo >= 1.87) is needed; install it with rustup, then re-run" >&2
-    exit 1
+    # Under sudo, PATH loses the invoking user's rustup install: use it directly.
+    home=$(getent passwd "${SUDO_USER:-root}" | cut -d: -f6)
+    if [ -x "$home/.cargo/bin/cargo" ]; then
+        export CARGO_HOME="$home/.cargo" RUSTUP_HOME="$home/.rustup" PATH="$home/.cargo/bin:$PATH"
+    else
+        echo "quickstart: Rust (cargo >= 1.87) is needed; install it with rustup, then re-run" >&2
+        exit 1
+    fi
 fi
 
 step "Installing system packages"
@@ -80,5 +86,5 @@ cat <<MSG
 
 bulkheadd holds these definitions in $STATE_DIR and answers on $BULKHEAD_SOCKET.
 Try: bulkhead prefs work, bulkhead features work, qvm-ls --json.
-(Starting qubes and running programs in them arrives with the ns and vm backends.)
+(bulkheadd does not start qubes yet; lifecycle and `bulkhead run` come next.)
 MSG
