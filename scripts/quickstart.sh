@@ -86,5 +86,5 @@ cat <<MSG
 
 bulkheadd holds these definitions in $STATE_DIR and answers on $BULKHEAD_SOCKET.
 Try: bulkhead prefs work, bulkhead features work, qvm-ls --json.
-(bulkheadd does not start qubes yet; lifecycle and `bulkhead run` come next.)
+(bulkheadd does not start qubes yet; lifecycle and 'bulkhead run' come next.)
 MSG
