@@ -3,7 +3,7 @@
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use bulkhead_proto::filecopy::{mode_of, Crc32, Header, Kind, MAX_LINK};
@@ -55,11 +55,25 @@ fn one(out: &mut Out<'_, impl Write>, path: &Path, name: &Path) -> io::Result<()
     } else if ft.is_file() {
         out.put(&header(nb, Kind::File, perms, m.len(), &m).encode())?;
         out.put(nb)?;
-        let mut f = fs::File::open(path)?;
+        // Open exactly what was stat'ed: no symlink swapped in, no FIFO to hang on.
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)?;
+        let fm = f.metadata()?;
+        if !fm.is_file() || (fm.dev(), fm.ino()) != (m.dev(), m.ino()) {
+            return Err(io::Error::other(format!(
+                "{} changed while being sent",
+                path.display()
+            )));
+        }
         let mut buf = vec![0u8; 1 << 20];
         let mut left = m.len();
         while left > 0 {
-            let n = f.read(&mut buf[..left.min(1 << 20) as usize])?;
+            let n = match f.read(&mut buf[..left.min(1 << 20) as usize]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => r?,
+            };
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -53,9 +54,10 @@ pub struct UnpackError {
 
 impl std::fmt::Display for UnpackError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The name comes from the sender: escaped, so it cannot drive a terminal.
         match &self.last_name {
-            Some(n) => write!(f, "{n}: {}", self.message),
-            None => f.write_str(&self.message),
+            Some(n) => write!(f, "{}: {}", n.escape_debug(), self.message.escape_debug()),
+            None => write!(f, "{}", self.message.escape_debug()),
         }
     }
 }
@@ -171,7 +173,10 @@ fn run(
             format!("destination {} is not a directory", dest.display()),
         ));
     }
-    let mut made_dirs: HashSet<PathBuf> = HashSet::new();
+    // Directories this transfer created, by (device, inode): bounded memory.
+    let mut made_dirs: HashSet<(u64, u64)> = HashSet::new();
+    // The last parent that `walk` verified (records usually share parents).
+    let mut last_parent: Option<(Vec<String>, PathBuf)> = None;
     let (mut files, mut bytes) = (0u64, 0u64);
     // Large enough that a big file moves in few read/write calls.
     let mut buf = vec![0u8; 1 << 20];
@@ -197,7 +202,14 @@ fn run(
         let (leaf, parents) = comps
             .split_last()
             .ok_or(Fail(libc::EINVAL, "empty name".into()))?;
-        let parent = walk(dest, parents)?;
+        let parent = match &last_parent {
+            Some((comps, p)) if comps.as_slice() == parents => p.clone(),
+            _ => {
+                let p = walk(dest, parents)?;
+                last_parent = Some((parents.to_vec(), p.clone()));
+                p
+            }
+        };
         let target = parent.join(leaf);
         match kind {
             Kind::File => {
@@ -242,13 +254,24 @@ fn run(
                 })?;
             }
             Kind::Dir => {
-                if made_dirs.contains(&target) {
+                let existing = fs::symlink_metadata(&target)
+                    .ok()
+                    .filter(|m| m.is_dir())
+                    .map(|m| (m.dev(), m.ino()));
+                if let Some(id) = existing.filter(|id| made_dirs.contains(id)) {
                     // Second record: the directory's real mode and times.
                     let d = OpenOptions::new()
                         .read(true)
                         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
                         .open(&target)
                         .map_err(|e| io_fail("opening directory", e))?;
+                    let m = d.metadata().map_err(|e| io_fail("stat directory", e))?;
+                    if (m.dev(), m.ino()) != id {
+                        return Err(Fail(
+                            libc::EINVAL,
+                            format!("{} changed during the transfer", target.display()),
+                        ));
+                    }
                     d.set_times(times(&h))
                         .map_err(|e| io_fail("setting times", e))?;
                     d.set_permissions(Permissions::from_mode(h.perms()))
@@ -258,7 +281,9 @@ fn run(
                         .mode(0o700)
                         .create(&target)
                         .map_err(|e| io_fail(&format!("creating {}", target.display()), e))?;
-                    made_dirs.insert(target);
+                    let m = fs::symlink_metadata(&target)
+                        .map_err(|e| io_fail("stat new directory", e))?;
+                    made_dirs.insert((m.dev(), m.ino()));
                 }
             }
             Kind::Symlink => {

@@ -207,6 +207,34 @@ fn links_out_of_the_tree_and_special_files_are_refused() {
 }
 
 #[test]
+fn links_cannot_chain_out_of_the_tree() {
+    // Regression (security review): `top/a/b/up -> ../..` is fine alone, but
+    // `top/rc -> a/b/up/../../../x` would climb out through it.
+    let s = S::new()
+        .rec(b"top", Kind::Dir, 0o700, b"")
+        .rec(b"top/a", Kind::Dir, 0o700, b"")
+        .rec(b"top/a/b", Kind::Dir, 0o700, b"")
+        .rec(b"top/a/b/up", Kind::Symlink, 0o777, b"../..")
+        .rec(b"top/rc", Kind::Symlink, 0o777, b"a/b/up/../../../outside")
+        .end();
+    let (errno, msg, dst) = refused(s, Limits::default());
+    assert_eq!(errno, libc::EINVAL, "{msg}");
+    assert!(
+        !dst.path().join("top/rc").exists()
+            && fs::symlink_metadata(dst.path().join("top/rc")).is_err()
+    );
+}
+
+#[test]
+fn error_text_escapes_hostile_names() {
+    let (_, msg, _) = refused(
+        S::new().rec(b"\x1b[2Jevil/x", Kind::File, 0o644, b"").end(),
+        Limits::default(),
+    );
+    assert!(!msg.contains('\x1b'), "{msg:?}");
+}
+
+#[test]
 fn a_link_inside_the_tree_is_never_walked_through() {
     // top/l -> sub is allowed, but writing top/l/x must not follow it.
     let s = S::new()

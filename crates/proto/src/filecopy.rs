@@ -126,10 +126,20 @@ pub fn mode_of(kind: Kind, perms: u32) -> u32 {
     t | (perms & 0o777)
 }
 
+/// Characters a received name may contain: printable, visible, no bidi or
+/// layout controls, no private-use or non-characters, no slash look-alikes.
 fn char_ok(c: char) -> bool {
-    !c.is_control()
-        && c != '\u{fffd}'
-        && !matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    let u = c as u32;
+    if c.is_control() {
+        return false;
+    }
+    let refused = matches!(u,
+        0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
+        | 0x200B..=0x200F | 0x2028..=0x202E | 0x2044 | 0x205F..=0x206F | 0x2215 | 0x2800
+        | 0x29F8 | 0x3164 | 0xFE00..=0xFE0F | 0xFEFF | 0xFF0F | 0xFFA0 | 0xFFF0..=0xFFFF
+        | 0xE000..=0xF8FF | 0xFDD0..=0xFDEF | 0xE0000..=0xE0FFF | 0xF0000..=0x10FFFF);
+    // U+xFFFE and U+xFFFF are non-characters in every plane.
+    !refused && (u & 0xFFFE) != 0xFFFE
 }
 
 /// Validates a relative path from the stream; returns its components.
@@ -161,6 +171,12 @@ pub fn check_name(raw: &[u8]) -> Result<Vec<String>, FilecopyError> {
 
 /// Checks that a link at `name` (components) with `target` stays inside the
 /// top-level item being copied (the first component of `name`).
+///
+/// `..` is allowed only as leading components: after a normal component the
+/// path goes down only. Counting `..` lexically is not enough, because a
+/// normal component may itself be a link pointing upwards (`a/up/../..`).
+/// Leading `..` climb from the link's own directory, whose parents the
+/// unpacker checked are real directories, so links inside links stay inside.
 pub fn check_link(name: &[String], target: &[u8]) -> Result<String, FilecopyError> {
     let t = std::str::from_utf8(target).map_err(|_| {
         FilecopyError::BadName(String::from_utf8_lossy(target).into_owned(), "not UTF-8")
@@ -169,22 +185,26 @@ pub fn check_link(name: &[String], target: &[u8]) -> Result<String, FilecopyErro
     if t.is_empty() || t.starts_with('/') || t.contains('\0') || !t.chars().all(char_ok) {
         return Err(escapes());
     }
-    // Depth below the top-level item of the link's directory.
-    let mut depth = name.len() as i64 - 2;
-    if depth < 0 {
+    // How far up the link may climb: to the top-level item, not above it.
+    let mut up_left = name.len() as i64 - 2;
+    if up_left < 0 {
         // A top-level link has nothing inside to point at.
         return Err(escapes());
     }
+    let mut seen_normal = false;
     for c in t.split('/') {
         match c {
             "" | "." => {}
             ".." => {
-                depth -= 1;
-                if depth < 0 {
+                if seen_normal {
+                    return Err(escapes());
+                }
+                up_left -= 1;
+                if up_left < 0 {
                     return Err(escapes());
                 }
             }
-            _ => depth += 1,
+            _ => seen_normal = true,
         }
     }
     Ok(t.to_string())
@@ -299,6 +319,29 @@ mod tests {
         assert!(check_link(&n("top/a"), b"/etc/passwd").is_err());
         assert!(check_link(&n("top/sub/a"), b"x/../../..").is_err());
         assert!(check_link(&n("a"), b"b").is_err());
+        // Regression (review finding): `..` after a normal component could
+        // climb out through another link (`top/a/b/up -> ../..`).
+        assert!(check_link(&n("top/a/b/up"), b"../..").is_ok());
+        assert!(check_link(&n("top/rc"), b"a/b/up/../../../.bashrc").is_err());
+        assert!(check_link(&n("top/x"), b"sub/../y").is_err());
+    }
+
+    #[test]
+    fn invisible_and_lookalike_characters_are_refused() {
+        for bad in [
+            "a\u{061C}b",
+            "a\u{2028}b",
+            "a\u{FEFF}b",
+            "a\u{00AD}b",
+            "Documents\u{2215}x",
+            "a\u{E0041}",
+            "a\u{F8FF}",
+            "a\u{FFFE}",
+            "a\u{3164}b",
+        ] {
+            assert!(check_name(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        assert!(check_name("日本語 ñ ü €.txt".as_bytes()).is_ok());
     }
 
     #[test]
