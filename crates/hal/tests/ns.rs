@@ -155,7 +155,8 @@ fn forbidden_syscalls_kill_or_fail() {
     require_ns!();
     let q = qube(
         "nstest2",
-        "swapon /etc/passwd; echo swapon=$?; mount -t tmpfs none /tmp; echo mount=$?",
+        "swapon /etc/passwd; echo swapon=$?; mount -t tmpfs none /tmp; echo mount=$?; \
+         echo x > /dev/tty; echo tty=$?; head -c 200000 /dev/zero > /run/bulkhead/fill; echo fill=$?",
         128,
     );
     let mut i = backend().start(&q.spec).expect("start");
@@ -164,6 +165,30 @@ fn forbidden_syscalls_kill_or_fail() {
     // swapon is on the kill list: SIGSYS (31) → status 159.
     assert!(out.contains("swapon=159"), "{out}");
     assert!(out.contains("mount=") && !out.contains("mount=0"), "{out}");
+    // No controlling terminal: the host's terminal is out of reach.
+    assert!(out.contains("tty=") && !out.contains("tty=0"), "{out}");
+    // The guest channel is a tiny tmpfs: it cannot be used to fill the host.
+    assert!(out.contains("fill=") && !out.contains("fill=0"), "{out}");
+}
+
+#[test]
+fn a_symlink_planted_in_the_persistent_layer_is_not_followed() {
+    require_ns!();
+    let q = qube("nstest6", "echo should-not-run", 64);
+    // A template's persistent upper layer with /run pointing at the host's /tmp.
+    std::fs::create_dir_all(&q.spec.upper).unwrap();
+    std::os::unix::fs::symlink("/tmp", q.spec.upper.join("run")).unwrap();
+    let err = backend().start(&q.spec).err().expect("start must refuse");
+    assert!(err.to_string().contains("not a real directory"), "{err}");
+}
+
+#[test]
+fn uid_ranges_overlapping_host_users_are_refused() {
+    require_ns!();
+    let mut q = qube("nstest7", "true", 64);
+    q.spec.uid_base = 0;
+    let err = backend().start(&q.spec).err().expect("start must refuse");
+    assert!(err.to_string().contains("uid range"), "{err}");
 }
 
 #[test]

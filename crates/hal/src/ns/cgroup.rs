@@ -140,6 +140,32 @@ impl Cgroup {
         write(&file, if frozen { on } else { off })
     }
 
+    /// Kills every process in the cgroup except `spare` (the helper, which
+    /// must live to reap PID 1), including any that escaped their parent
+    /// (v2 without a spare: `cgroup.kill`; otherwise freeze, SIGKILL each, thaw).
+    pub fn kill_all(&self, spare: Option<u32>) {
+        if self.layout == Layout::V2 && spare.is_none() {
+            if let Some(d) = self.dirs.first() {
+                if write(&d.join("cgroup.kill"), "1").is_ok() {
+                    return;
+                }
+            }
+        }
+        let _ = self.freeze(true);
+        for d in &self.dirs {
+            if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
+                let pids = procs.lines().filter_map(|l| l.trim().parse::<i32>().ok());
+                for pid in pids.filter(|p| Some(*p as u32) != spare) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        let _ = self.freeze(false);
+    }
+
     /// Peak memory use in bytes, if the kernel reports it.
     pub fn memory_peak(&self) -> Option<u64> {
         let name = match self.layout {

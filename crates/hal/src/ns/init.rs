@@ -67,6 +67,17 @@ fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> Result<T, String
 }
 
 fn outer(cfg: &InitConfig) -> Result<i32, String> {
+    // No controlling terminal: a qube must never reach the terminal of
+    // whoever started the daemon (keystroke reading or TIOCSTI injection).
+    ctx(nix::unistd::setsid(), "setsid")?;
+    // Pin nothing of the host's mount tree once the old root is detached.
+    ctx(chdir("/"), "chdir /")?;
+    // The helper shares the qube's memory limit; shield it from the OOM killer
+    // (PID 1 resets its own score to 0). Best effort: it needs
+    // CAP_SYS_RESOURCE, which some hosts drop. Either way the qube cannot
+    // outlive the helper: PID 1 has a parent-death SIGKILL, and the backend
+    // kills the whole cgroup when the helper is gone.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     ctx(unshare(CloneFlags::CLONE_NEWUSER), "unshare(user)")?;
     say("userns");
     let mut line = String::new();
@@ -92,14 +103,23 @@ fn outer(cfg: &InitConfig) -> Result<i32, String> {
         setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)),
         "setresuid(0)",
     )?;
+    // The qube's console is a pipe the helper copies into the log (capped),
+    // never a host file the qube could truncate or grow without bound.
+    let (console_r, console_w) = ctx(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC), "pipe")?;
     match ctx(bulkhead_sys::process::fork_single_threaded(), "fork")? {
         nix::unistd::ForkResult::Child => {
-            let err = inner(cfg).unwrap_err();
+            drop(console_r);
+            let err = inner(cfg, console_w).unwrap_err();
             say(&format!("error {err}"));
             std::process::exit(1);
         }
         nix::unistd::ForkResult::Parent { child } => {
+            drop(console_w);
             say(&format!("pid {child}"));
+            // No threads after unshare(CLONE_NEWPID) (clone would fail with
+            // EINVAL): copy the console until every writer is gone (the PID
+            // namespace dies with its PID 1), then reap PID 1.
+            copy_console(std::fs::File::from(console_r));
             loop {
                 match waitpid(child, None) {
                     Ok(WaitStatus::Exited(_, code)) => return Ok(code),
@@ -111,6 +131,53 @@ fn outer(cfg: &InitConfig) -> Result<i32, String> {
             }
         }
     }
+}
+
+/// Most console output kept per run; the rest is read and dropped.
+const MAX_CONSOLE: u64 = 64 << 20;
+
+fn copy_console(mut from: std::fs::File) {
+    use std::io::Read;
+    let mut log = std::io::stderr();
+    let mut buf = [0u8; 16384];
+    let mut written = 0u64;
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) if written < MAX_CONSOLE => {
+                let n = n.min((MAX_CONSOLE - written) as usize);
+                let _ = log.write_all(&buf[..n]);
+                written += n as u64;
+                if written >= MAX_CONSOLE {
+                    let _ = log.write_all(b"\n[bulkhead: console output over 64 MiB dropped]\n");
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Makes `base/rel...` a real directory (creating what is missing), never
+/// following a symlink the qube may have left in its persistent layer.
+fn real_dir(base: &Path, rel: &[&str]) -> Result<PathBuf, String> {
+    let mut p = base.to_path_buf();
+    for c in rel {
+        p.push(c);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => {
+                return Err(format!(
+                    "{} in the qube's root is not a real directory",
+                    p.display()
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                ctx(std::fs::create_dir(&p), &format!("mkdir {}", p.display()))?;
+            }
+            Err(e) => return Err(format!("{}: {e}", p.display())),
+        }
+    }
+    Ok(p)
 }
 
 fn bind_dev(dev: &Path, name: &str) -> Result<(), String> {
@@ -133,8 +200,22 @@ fn bind_dev(dev: &Path, name: &str) -> Result<(), String> {
 }
 
 /// PID 1's side: build the root, enter it, lock it down, exec init.
-fn inner(cfg: &InitConfig) -> Result<std::convert::Infallible, String> {
+fn inner(
+    cfg: &InitConfig,
+    console: std::os::fd::OwnedFd,
+) -> Result<std::convert::Infallible, String> {
     let none = None::<&str>;
+    // Die with the helper: a qube must never outlive its supervisor.
+    ctx(
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL),
+        "set parent-death signal",
+    )?;
+    // (If the helper died before that call, the backend sees it exit and
+    // kills the whole cgroup; getppid() cannot tell here: PID 1's parent is
+    // outside its PID namespace.)
+    // The helper is shielded from the OOM killer (set by the backend); the
+    // qube's own processes are not.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "0");
     ctx(
         mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none),
         "make mounts private",
@@ -156,15 +237,13 @@ fn inner(cfg: &InitConfig) -> Result<std::convert::Infallible, String> {
         "mount root overlay",
     )?;
     let m = &cfg.merged;
-    let proc_dir = m.join("proc");
-    ctx(std::fs::create_dir_all(&proc_dir), "mkdir /proc")?;
+    let proc_dir = real_dir(m, &["proc"])?;
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     ctx(
         mount(Some("proc"), &proc_dir, Some("proc"), nosuid, none),
         "mount /proc",
     )?;
-    let dev = m.join("dev");
-    ctx(std::fs::create_dir_all(&dev), "mkdir /dev")?;
+    let dev = real_dir(m, &["dev"])?;
     ctx(
         mount(
             Some("tmpfs"),
@@ -204,20 +283,29 @@ fn inner(cfg: &InitConfig) -> Result<std::convert::Infallible, String> {
         ),
         "mount /dev/shm",
     )?;
-    let chan = m.join(crate::GUEST_CHANNEL_DIR.trim_start_matches('/'));
+    let chan_rel: Vec<&str> = crate::GUEST_CHANNEL_DIR
+        .trim_start_matches('/')
+        .split('/')
+        .collect();
+    let chan = real_dir(m, &chan_rel)?;
     ctx(
-        std::fs::create_dir_all(&chan),
-        "mkdir the guest channel dir",
+        mount(Some(&cfg.channel), &chan, none, MsFlags::MS_BIND, none),
+        "bind the guest channel",
     )?;
+    // Bind mounts ignore these flags on the first call; a remount applies them.
     ctx(
         mount(
-            Some(&cfg.channel),
+            none,
             &chan,
             none,
-            MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_BIND
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
             none,
         ),
-        "bind the guest channel",
+        "restrict the guest channel",
     )?;
     ctx(sethostname(&cfg.hostname), "sethostname")?;
     ctx(chdir(m), "chdir to new root")?;
@@ -236,11 +324,13 @@ fn inner(cfg: &InitConfig) -> Result<std::convert::Infallible, String> {
         return Err("empty init command".into());
     };
     say("ready");
-    // The control pipe must not reach the qube: stdin from /dev/null, stdout
-    // to the console log (stderr, opened by the backend).
+    // The control pipe and the host's log file must not reach the qube:
+    // stdin from /dev/null, stdout and stderr to the console pipe.
     let null = ctx(std::fs::File::open("/dev/null"), "open /dev/null")?;
     ctx(dup2(null.as_raw_fd(), 0), "redirect stdin")?;
-    ctx(dup2(2, 1), "redirect stdout")?;
+    ctx(dup2(console.as_raw_fd(), 1), "redirect stdout")?;
+    ctx(dup2(console.as_raw_fd(), 2), "redirect stderr")?;
+    drop(console);
     std::env::vars().for_each(|(k, _)| std::env::remove_var(k));
     std::env::set_var(
         "PATH",

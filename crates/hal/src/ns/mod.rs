@@ -117,7 +117,19 @@ fn read_line(out: &mut BufReader<ChildStdout>, log: &Path) -> Result<String, Str
     Ok(line)
 }
 
+/// Lowest uid a qube's range may start at (below are the host's own users).
+pub const MIN_UID_BASE: u32 = 65536;
+
 fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
+    if spec.uid_base < MIN_UID_BASE
+        || spec.uid_count == 0
+        || spec.uid_base.checked_add(spec.uid_count).is_none()
+    {
+        return Err(format!(
+            "uid range {}+{} is not allowed: it must start at {MIN_UID_BASE} or above and not wrap",
+            spec.uid_base, spec.uid_count
+        ));
+    }
     let lower = spec.run_dir.join("lower");
     let merged = spec.run_dir.join("merged");
     let channel = spec.run_dir.join("channel");
@@ -126,6 +138,27 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
     for d in [&lower, &merged, &channel, &spec.upper, &spec.work] {
         io(fs::create_dir_all(d), || format!("create {}", d.display()))?;
     }
+    // The guest-writable channel is a tiny tmpfs of its own, fresh each run,
+    // so a qube can neither fill a host file system through it nor leave
+    // anything behind for the next run.
+    let _ = umount2(&channel, MntFlags::MNT_DETACH);
+    let tmpfs_opts = format!(
+        "size=64k,nr_inodes=16,mode=0700,uid={0},gid={0}",
+        spec.uid_base
+    );
+    io(
+        nix::mount::mount(
+            Some("tmpfs"),
+            &channel,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
+            Some(tmpfs_opts.as_str()),
+        )
+        .map_err(std::io::Error::from),
+        || format!("mount the guest channel tmpfs on {}", channel.display()),
+    )?;
     let owner = (
         Some(Uid::from_raw(spec.uid_base)),
         Some(Gid::from_raw(spec.uid_base)),
@@ -185,6 +218,7 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
     let child = st.child.as_mut().ok_or("helper vanished")?;
     let pid = child.id();
     io(cg.add(pid), || "join cgroups".into())?;
+
     let mut input: ChildStdin = child.stdin.take().ok_or("no helper stdin")?;
     let mut out = BufReader::new(child.stdout.take().ok_or("no helper stdout")?);
 
@@ -236,6 +270,7 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
         paused: false,
         exited: None,
         agent_socket: channel.join(crate::AGENT_SOCKET),
+        channel,
     }))
 }
 
@@ -249,6 +284,8 @@ pub struct NsInstance {
     paused: bool,
     exited: Option<i32>,
     agent_socket: PathBuf,
+    /// The channel tmpfs, unmounted when the qube is gone.
+    channel: PathBuf,
 }
 
 impl NsInstance {
@@ -263,6 +300,9 @@ impl NsInstance {
         if self.exited.is_none() {
             if let Ok(Some(status)) = self.helper.try_wait() {
                 use std::os::unix::process::ExitStatusExt;
+                // Nothing of the qube may outlive its helper.
+                self.cgroup.kill_all(None);
+                let _ = umount2(&self.channel, MntFlags::MNT_DETACH);
                 self.exited = Some(
                     status
                         .code()
@@ -322,13 +362,10 @@ impl Instance for NsInstance {
         if let Some(c) = self.poll() {
             return Ok(RunState::Exited(c));
         }
-        // SIGKILL to PID 1 of a PID namespace takes every process in it down.
-        kill(Pid::from_raw(self.init_pid as i32), Signal::SIGKILL)
-            .map_err(|e| self.err(format!("kill: {e}")))?;
-        if self.paused {
-            let _ = self.cgroup.freeze(false);
-            self.paused = false;
-        }
+        // Everything in the qube's cgroup, not a pid that might be reused;
+        // the helper stays to reap PID 1 and report its status.
+        self.cgroup.kill_all(Some(self.helper.id()));
+        self.paused = false;
         match self.wait_exit(Duration::from_secs(10)) {
             Some(c) => Ok(RunState::Exited(c)),
             None => Err(self.err("did not exit 10 s after SIGKILL".into())),

@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{
+    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
+};
 
 /// Refused by killing the process: kernel-level operations no qube program
 /// has a legitimate use for.
@@ -112,9 +115,28 @@ pub const EPERM: &[(&str, i64, &str)] = &[
     ("setns", libc::SYS_setns, "joining other namespaces"),
 ];
 
+/// Namespace-creating `clone` flags (`unshare` is refused outright; the same
+/// rule must hold for `clone`).
+const CLONE_NS_FLAGS: [u64; 7] = [
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+];
+
 fn program(list: &[(&str, i64, &str)], action: SeccompAction) -> Result<BpfProgram, String> {
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+    let rules: BTreeMap<i64, Vec<SeccompRule>> =
         list.iter().map(|(_, nr, _)| (*nr, vec![])).collect();
+    compile(rules, action)
+}
+
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    action: SeccompAction,
+) -> Result<BpfProgram, String> {
     let filter = SeccompFilter::new(rules, SeccompAction::Allow, action, TargetArch::x86_64)
         .map_err(|e| format!("building seccomp filter: {e}"))?;
     filter
@@ -122,13 +144,69 @@ fn program(list: &[(&str, i64, &str)], action: SeccompAction) -> Result<BpfProgr
         .map_err(|e: seccompiler::BackendError| format!("compiling seccomp filter: {e}"))
 }
 
-/// Installs both filters on the calling thread (inherited across exec).
+fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, String> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value).map_err(|e| e.to_string())
+}
+
+/// Argument-dependent refusals (EPERM): `clone` creating namespaces, and
+/// terminal ioctls that push input into someone else's terminal.
+fn conditional() -> Result<BpfProgram, String> {
+    let mut rules = BTreeMap::new();
+    let clone_rules = CLONE_NS_FLAGS
+        .iter()
+        .map(|f| {
+            SeccompRule::new(vec![cond(0, SeccompCmpOp::MaskedEq(*f), *f)?])
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    rules.insert(libc::SYS_clone, clone_rules);
+    let tty_rules = [libc::TIOCSTI, libc::TIOCLINUX]
+        .iter()
+        .map(|req| {
+            SeccompRule::new(vec![cond(1, SeccompCmpOp::Eq, *req)?]).map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    rules.insert(libc::SYS_ioctl, tty_rules);
+    compile(rules, SeccompAction::Errno(libc::EPERM as u32))
+}
+
+/// `clone3` hides its flags in memory a filter cannot read: ENOSYS makes libc
+/// fall back to `clone`, whose flags the filter above checks.
+fn clone3() -> Result<BpfProgram, String> {
+    let rules = BTreeMap::from([(libc::SYS_clone3, vec![])]);
+    compile(rules, SeccompAction::Errno(libc::ENOSYS as u32))
+}
+
+/// x32 system calls carry the x86-64 audit arch with bit 30 set in the
+/// number, so they would slip past number-based rules: kill them all.
+fn no_x32() -> BpfProgram {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    let ins = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    vec![
+        // seccomp_data.nr is at offset 0.
+        ins(LD_W_ABS, 0, 0, 0),
+        ins(JGE_K, 0, 1, 0x4000_0000),
+        ins(RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
+        ins(RET_K, 0, 0, SECCOMP_RET_ALLOW),
+    ]
+}
+
+/// Installs every filter on the calling thread (inherited across exec).
+/// Note: this sets no_new_privs, so setuid programs (sudo) do not elevate
+/// inside `ns` qubes; root commands go through the agent instead.
 pub fn apply() -> Result<(), String> {
-    for (list, action) in [
-        (KILL, SeccompAction::KillProcess),
-        (EPERM, SeccompAction::Errno(libc::EPERM as u32)),
-    ] {
-        let prog = program(list, action)?;
+    let programs = [
+        program(KILL, SeccompAction::KillProcess)?,
+        program(EPERM, SeccompAction::Errno(libc::EPERM as u32))?,
+        conditional()?,
+        clone3()?,
+        no_x32(),
+    ];
+    for prog in programs {
         seccompiler::apply_filter(&prog).map_err(|e| format!("installing seccomp filter: {e}"))?;
     }
     Ok(())
@@ -143,5 +221,8 @@ mod tests {
         }
         super::program(super::KILL, seccompiler::SeccompAction::KillProcess).unwrap();
         super::program(super::EPERM, seccompiler::SeccompAction::Errno(1)).unwrap();
+        super::conditional().unwrap();
+        super::clone3().unwrap();
+        assert_eq!(super::no_x32().len(), 4);
     }
 }
