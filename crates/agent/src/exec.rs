@@ -23,10 +23,13 @@ fn lookup_user(name: &str) -> Option<User> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 6 && f[0] == name).then(|| User {
+        if f.len() < 6 || f[0] != name {
+            return None;
+        }
+        Some(User {
             name: f[0].to_string(),
-            uid: f[2].parse().unwrap_or(u32::MAX),
-            gid: f[3].parse().unwrap_or(u32::MAX),
+            uid: f[2].parse().ok()?,
+            gid: f[3].parse().ok()?,
             home: f[5].to_string(),
         })
     })
@@ -155,9 +158,8 @@ pub fn serve(mut stream: UnixStream, reaper: &Reaper) -> io::Result<()> {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        return match cmd.spawn() {
+        return match reaper.spawn(&mut cmd) {
             Ok(c) => {
-                reaper.spawned();
                 let pid = c.id();
                 let r = reaper.clone();
                 std::thread::spawn(move || r.wait(pid));
@@ -169,7 +171,7 @@ pub fn serve(mut stream: UnixStream, reaper: &Reaper) -> io::Result<()> {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = match cmd.spawn() {
+    let mut child = match reaper.spawn(&mut cmd) {
         Ok(c) => c,
         Err(e) => {
             return fail(
@@ -178,7 +180,6 @@ pub fn serve(mut stream: UnixStream, reaper: &Reaper) -> io::Result<()> {
             )
         }
     };
-    reaper.spawned();
     let pid = child.id();
     let chunk = max_chunk(version);
     let (o, e) = (out.clone(), out.clone());

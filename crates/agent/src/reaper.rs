@@ -12,8 +12,9 @@ use nix::sys::wait::{waitpid, WaitStatus};
 
 #[derive(Default)]
 struct Shared {
-    /// Exit statuses not yet claimed, by pid.
-    statuses: Mutex<HashMap<i32, i32>>,
+    /// Our own children, by pid: `None` while running, then the exit status.
+    /// Orphans adopted by PID 1 are reaped and forgotten.
+    statuses: Mutex<HashMap<i32, Option<i32>>>,
     exited: Condvar,
     /// Bumped on every spawn; wakes the reaper when it had nothing to wait for.
     spawns: Mutex<u64>,
@@ -54,22 +55,40 @@ impl Reaper {
         r
     }
 
-    /// Tells the reaper a child was just started.
-    pub fn spawned(&self) {
+    /// Starts a child and registers it before the reaper can see it exit:
+    /// the registry lock is held across the spawn.
+    pub fn spawn(&self, cmd: &mut std::process::Command) -> std::io::Result<std::process::Child> {
+        let mut m = self
+            .inner
+            .statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let child = cmd.spawn()?;
+        m.insert(child.id() as i32, None);
+        drop(m);
         *self.inner.spawns.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         self.inner.spawned.notify_all();
+        Ok(child)
     }
 
-    /// Waits for `pid` to exit and returns its status (128 + signal if killed).
+    /// Waits for a child started with [`Reaper::spawn`] to exit and returns
+    /// its status (128 + signal if killed).
     pub fn wait(&self, pid: u32) -> i32 {
+        let key = pid as i32;
         let mut m = self
             .inner
             .statuses
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(code) = m.remove(&(pid as i32)) {
-                return code;
+            match m.get(&key).copied() {
+                Some(Some(code)) => {
+                    m.remove(&key);
+                    return code;
+                }
+                Some(None) => {}
+                // Never registered: not ours to wait for.
+                None => return 125,
             }
             m = self.inner.exited.wait(m).unwrap_or_else(|e| e.into_inner());
         }
@@ -78,10 +97,9 @@ impl Reaper {
 
 fn record(inner: &Shared, pid: i32, code: i32) {
     let mut m = inner.statuses.lock().unwrap_or_else(|e| e.into_inner());
-    // Orphans nobody waits for would pile up; keep the map bounded.
-    if m.len() > 4096 {
-        m.clear();
+    // Only our registered children are kept; orphans are just reaped.
+    if let Some(slot) = m.get_mut(&pid) {
+        *slot = Some(code);
+        inner.exited.notify_all();
     }
-    m.insert(pid, code);
-    inner.exited.notify_all();
 }

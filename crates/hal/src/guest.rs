@@ -14,6 +14,9 @@ use std::path::Path;
 
 use bulkhead_proto::qrexec::{self, encode, max_chunk, Decoder, Message};
 
+/// How long the agent may take to answer HELLO and accept the call.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn bad(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
@@ -61,6 +64,10 @@ pub fn exec(
     mut stderr: impl Write,
 ) -> io::Result<i32> {
     let mut s = connect_guest_socket(socket)?;
+    // A qube that never answers must not hold a host thread forever: the
+    // handshake has a deadline (the command itself may run as long as it likes).
+    s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
     send(
         &mut s,
         &Message::Hello {
@@ -84,6 +91,8 @@ pub fn exec(
             cmdline,
         },
     )?;
+    s.set_read_timeout(None)?;
+    s.set_write_timeout(None)?;
     let mut w = s.try_clone()?;
     let chunk = max_chunk(version);
     let feeder = std::thread::spawn(move || -> io::Result<()> {

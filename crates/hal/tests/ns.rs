@@ -368,3 +368,32 @@ fn a_symlinked_agent_socket_is_refused() {
     std::fs::write(&file, b"").unwrap();
     assert!(bulkhead_hal::guest::connect_guest_socket(&file).is_err());
 }
+
+#[test]
+fn a_silent_agent_cannot_hold_the_host_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qrexec.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    // Accepts, then never says HELLO.
+    let holder = std::thread::spawn(move || {
+        let conn = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(20));
+        drop(conn);
+    });
+    let t = Instant::now();
+    let r = bulkhead_hal::guest::exec(
+        &path,
+        "user",
+        "true",
+        std::io::empty(),
+        std::io::sink(),
+        std::io::sink(),
+    );
+    assert!(r.is_err(), "{r:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t.elapsed()
+    );
+    drop(holder);
+}
