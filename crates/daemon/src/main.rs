@@ -68,7 +68,6 @@ fn main() -> ExitCode {
 /// Re-runs ourselves without --detach in a new process group, with output to
 /// the log file, and waits until the first socket accepts connections.
 fn detach(opts: &Opts) -> Result<()> {
-    use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find own executable")?;
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -84,10 +83,10 @@ fn detach(opts: &Opts) -> Result<()> {
         .with_context(|| format!("cannot open log file {}", opts.log_file.display()))?;
     let mut child = std::process::Command::new(exe)
         .args(args)
+        .env(DETACHED_ENV, "1")
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .process_group(0)
         .spawn()
         .context("cannot start the daemon process")?;
     let sock = &opts.sockets[0];
@@ -116,7 +115,16 @@ fn detach(opts: &Opts) -> Result<()> {
     )
 }
 
+/// Set for the background process started by `--detach`.
+const DETACHED_ENV: &str = "BULKHEAD_DETACHED";
+
 fn run(opts: Opts) -> Result<()> {
+    if std::env::var_os(DETACHED_ENV).is_some() {
+        // A background daemon keeps no controlling terminal (and leaves the
+        // starter's process group, so its Ctrl-C does not reach us).
+        nix::unistd::setsid().context("setsid")?;
+        std::env::remove_var(DETACHED_ENV);
+    }
     sys::raise_nofile_limit();
     let gid = sys::ensure_group(&opts.group)
         .with_context(|| format!("cannot set up group '{}'", opts.group))?;
