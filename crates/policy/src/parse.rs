@@ -169,12 +169,14 @@ pub fn parse(path: &Path, text: &str, files: &dyn Files) -> Result<Vec<Rule>, Po
     parse_in(path, text, &mut Ctx { files, depth: 0 })
 }
 
-fn read_nested(
+/// Reads an included file and parses it with `parse` one level deeper.
+fn nested(
     ctx: &mut Ctx<'_>,
     from: &Path,
     line: usize,
     target: &Path,
-) -> Result<String, PolicyError> {
+    parse: impl FnOnce(&Path, &str, &mut Ctx<'_>) -> Result<Vec<Rule>, PolicyError>,
+) -> Result<Vec<Rule>, PolicyError> {
     if ctx.depth >= MAX_DEPTH {
         return Err(err(
             from,
@@ -182,9 +184,21 @@ fn read_nested(
             format!("includes nested deeper than {MAX_DEPTH}"),
         ));
     }
-    ctx.files
+    let text = ctx
+        .files
         .read(target)
-        .map_err(|e| err(from, line, format!("cannot read {}: {e}", target.display())))
+        .map_err(|e| err(from, line, format!("cannot read {}: {e}", target.display())))?;
+    ctx.depth += 1;
+    let rules = parse(target, &text, ctx);
+    ctx.depth -= 1;
+    rules
+}
+
+fn location(path: &Path, line: usize) -> Location {
+    Location {
+        file: path.display().to_string(),
+        line,
+    }
 }
 
 fn parse_in(path: &Path, text: &str, ctx: &mut Ctx<'_>) -> Result<Vec<Rule>, PolicyError> {
@@ -200,10 +214,7 @@ fn parse_in(path: &Path, text: &str, ctx: &mut Ctx<'_>) -> Result<Vec<Rule>, Pol
             match (directive, fields.len()) {
                 ("include", 2) => {
                     let p = resolve(path, fields[1]);
-                    let text = read_nested(ctx, path, n, &p)?;
-                    ctx.depth += 1;
-                    rules.extend(parse_in(&p, &text, ctx)?);
-                    ctx.depth -= 1;
+                    rules.extend(nested(ctx, path, n, &p, parse_in)?);
                 }
                 ("include-dir", 2) => {
                     let dir = resolve(path, fields[1]);
@@ -212,11 +223,7 @@ fn parse_in(path: &Path, text: &str, ctx: &mut Ctx<'_>) -> Result<Vec<Rule>, Pol
                         .list(&dir)
                         .map_err(|e| err(path, n, format!("cannot list {}: {e}", dir.display())))?;
                     for name in policy_files(&names).map_err(|m| err(path, n, m))? {
-                        let p = dir.join(&name);
-                        let text = read_nested(ctx, path, n, &p)?;
-                        ctx.depth += 1;
-                        rules.extend(parse_in(&p, &text, ctx)?);
-                        ctx.depth -= 1;
+                        rules.extend(nested(ctx, path, n, &dir.join(&name), parse_in)?);
                     }
                 }
                 ("include-service", 4) => {
@@ -224,10 +231,9 @@ fn parse_in(path: &Path, text: &str, ctx: &mut Ctx<'_>) -> Result<Vec<Rule>, Pol
                     let (service, argument) =
                         service_and_arg(svc, arg).map_err(|m| err(path, n, m))?;
                     let p = resolve(path, fields[3]);
-                    let text = read_nested(ctx, path, n, &p)?;
-                    ctx.depth += 1;
-                    rules.extend(parse_old(&p, &text, &service, &argument, ctx)?);
-                    ctx.depth -= 1;
+                    rules.extend(nested(ctx, path, n, &p, |p, t, c| {
+                        parse_old(p, t, &service, &argument, c)
+                    })?);
                 }
                 ("compat-4.0", 1) => {
                     return Err(err(path, n, "!compat-4.0 (pre-4.1 policy) is not supported; convert those files to the new format"));
@@ -260,10 +266,7 @@ fn parse_in(path: &Path, text: &str, ctx: &mut Ctx<'_>) -> Result<Vec<Rule>, Pol
             source,
             target,
             action,
-            location: Location {
-                file: path.display().to_string(),
-                line: n,
-            },
+            location: location(path, n),
         });
     }
     Ok(rules)
@@ -303,19 +306,18 @@ fn parse_old(
         }
         let line = line.replace('$', "@");
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let nested = match fields.as_slice() {
+        let include = match fields.as_slice() {
             [f] if f.starts_with("@include:") => {
                 Some(f.trim_start_matches("@include:").to_string())
             }
             ["!include", p] => Some(p.to_string()),
             _ => None,
         };
-        if let Some(p) = nested {
+        if let Some(p) = include {
             let p = resolve(path, &p);
-            let text = read_nested(ctx, path, n, &p)?;
-            ctx.depth += 1;
-            rules.extend(parse_old(&p, &text, service, argument, ctx)?);
-            ctx.depth -= 1;
+            rules.extend(nested(ctx, path, n, &p, |p, t, c| {
+                parse_old(p, t, service, argument, c)
+            })?);
             continue;
         }
         if fields.len() != 3 {
@@ -337,10 +339,7 @@ fn parse_old(
             source,
             target,
             action,
-            location: Location {
-                file: path.display().to_string(),
-                line: n,
-            },
+            location: location(path, n),
         });
     }
     Ok(rules)
