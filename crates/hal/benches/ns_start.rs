@@ -10,24 +10,22 @@ use std::time::{Duration, Instant};
 use bulkhead_hal::ns::NsBackend;
 use bulkhead_hal::{Backend, QubeSpec};
 
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn install(root: &Path, bin: &Path, dest: &str) {
-    let t = root.join(dest.trim_start_matches('/'));
-    std::fs::create_dir_all(t.parent().unwrap()).unwrap();
-    std::fs::copy(bin, &t).unwrap();
-    let out = std::process::Command::new("ldd").arg(bin).output().unwrap();
-    for lib in String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
-    {
-        let t = root.join(lib.trim_start_matches('/'));
-        std::fs::create_dir_all(t.parent().unwrap()).unwrap();
-        std::fs::copy(lib, &t).unwrap();
-    }
+/// `label  median X  pNN Y` for samples `v`.
+fn report(label: &str, mut v: Vec<Duration>, tail: f64) {
+    v.sort();
+    let name = if tail >= 0.99 { "p99" } else { "p95" };
+    println!(
+        "{label:<28}median {:?}  {name} {:?}",
+        pct(&v, 0.5),
+        pct(&v, tail)
+    );
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -46,29 +44,19 @@ fn main() {
         return;
     }
     let nsinit = PathBuf::from(env!("CARGO_BIN_EXE_bulkhead-nsinit"));
-    let agent = nsinit.with_file_name("bulkhead-agent");
-    if !nix::unistd::geteuid().is_root() || !agent.exists() || !Path::new("/bin/busybox").exists() {
+    let agent = support::agent_bin(&nsinit);
+    let Some(agent) =
+        agent.filter(|_| nix::unistd::geteuid().is_root() && Path::new(support::BUSYBOX).exists())
+    else {
         println!(
-            "skipped: needs root, /bin/busybox (busybox-static) and {}",
-            agent.display()
+            "skipped: needs root, {} (busybox-static) and a built bulkhead-agent",
+            support::BUSYBOX
         );
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    for d in ["bin", "etc", "home/user", "tmp"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for a in ["sh", "true", "echo"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
-    }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0::/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n",
-    )
-    .unwrap();
-    install(&root, &agent, "/usr/bin/bulkhead-agent");
+    let root = support::busybox_root(dir.path(), &["sh", "true", "echo"]);
+    support::install_binary(&root, &agent, "/usr/bin/bulkhead-agent");
     let backend = NsBackend::new(nsinit);
     let (mut start, mut ready, mut call, mut stop) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -142,26 +130,10 @@ fn main() {
         .map(|n| n.get())
         .unwrap_or(0);
     println!("ns backend, busybox root + bulkhead-agent, {cores} cores, 20 qubes");
-    println!(
-        "backend.start() returns     median {:?}  p95 {:?}",
-        pct(&mut start.clone(), 0.5),
-        pct(&mut start, 0.95)
-    );
-    println!(
-        "start → agent answers call  median {:?}  p95 {:?}",
-        pct(&mut ready.clone(), 0.5),
-        pct(&mut ready, 0.95)
-    );
-    println!(
-        "exec 'true' round trip      median {:?}  p99 {:?}",
-        pct(&mut call.clone(), 0.5),
-        pct(&mut call, 0.99)
-    );
-    println!(
-        "kill → exited               median {:?}  p95 {:?}",
-        pct(&mut stop.clone(), 0.5),
-        pct(&mut stop, 0.95)
-    );
+    report("backend.start() returns", start, 0.95);
+    report("start → agent answers call", ready, 0.95);
+    report("exec 'true' round trip", call, 0.99);
+    report("kill → exited", stop, 0.95);
     let (h, a): (Vec<u64>, Vec<u64>) = mem.into_iter().unzip();
     println!(
         "idle qube RSS: helper (host side) {} KiB, agent (inside, counted against the qube) {} KiB",

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use bulkhead_hal::ns::NsBackend;
 use bulkhead_hal::{Backend, Instance, QubeSpec, RunState};
 
-const BUSYBOX: &str = "/bin/busybox";
+mod support;
+
+use support::{install_binary, BUSYBOX};
 const APPLETS: &[&str] = &[
     "sh", "id", "cat", "ls", "hostname", "echo", "touch", "swapon", "sleep", "mount", "head", "tr",
     "grep", "wc", "kill", "ps", "true",
@@ -47,19 +49,7 @@ macro_rules! require_ns {
 
 /// A minimal root tree owned by host root, like a template's.
 fn rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("root");
-    for d in ["bin", "etc", "tmp", "root"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
-    for a in APPLETS {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
-    }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n",
-    )
-    .unwrap();
+    let root = support::busybox_root(dir, APPLETS);
     std::fs::write(root.join("etc/template-file"), "from the template\n").unwrap();
     root
 }
@@ -245,24 +235,7 @@ fn memory_limit_contains_a_hog() {
 }
 
 fn agent_bin() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_bulkhead-nsinit")).with_file_name("bulkhead-agent");
-    p.exists().then_some(p)
-}
-
-/// Copies a dynamically linked binary and the libraries `ldd` names into `root`.
-fn install_binary(root: &Path, bin: &Path, dest: &str) {
-    let target = root.join(dest.trim_start_matches('/'));
-    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-    std::fs::copy(bin, &target).unwrap();
-    let out = std::process::Command::new("ldd").arg(bin).output().unwrap();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let path = line.split_whitespace().find(|w| w.starts_with('/'));
-        if let Some(lib) = path {
-            let t = root.join(lib.trim_start_matches('/'));
-            std::fs::create_dir_all(t.parent().unwrap()).unwrap();
-            std::fs::copy(lib, &t).unwrap();
-        }
-    }
+    support::agent_bin(Path::new(env!("CARGO_BIN_EXE_bulkhead-nsinit")))
 }
 
 fn exec(i: &dyn Instance, user: &str, cmd: &str, stdin: Vec<u8>) -> (i32, String, String) {
@@ -292,7 +265,6 @@ fn commands_run_through_the_agent_over_the_guest_channel() {
     };
     let mut q = qube("nstest5", "", 256);
     install_binary(&q.spec.root, &agent, "/usr/bin/bulkhead-agent");
-    std::fs::create_dir_all(q.spec.root.join("home/user")).unwrap();
     q.spec.init = vec!["/usr/bin/bulkhead-agent".into()];
     let mut i = backend().start(&q.spec).expect("start");
     let deadline = Instant::now() + Duration::from_secs(20);
