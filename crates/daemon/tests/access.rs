@@ -8,6 +8,18 @@ use std::process::Command;
 /// A system interpreter every user may run (not a per-user shim).
 const PY: &str = "/usr/bin/python3";
 
+/// Runs a Python snippet as uid/gid 65534 with no groups; argv[1] is `socket`.
+fn as_nobody(script: &str, socket: &std::path::Path) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(PY)
+        .arg("-c")
+        .arg(script)
+        .arg(socket)
+        .output()
+        .unwrap()
+}
+
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -40,20 +52,14 @@ fn a_user_outside_the_group_is_refused() {
     // Let 'nobody' traverse to the socket so only the socket's own mode and
     // the daemon's peer check stand in the way.
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(PY)
-        .arg("-c")
-        .arg(
+    let out = as_nobody(
             "import socket,sys\n\
              s=socket.socket(socket.AF_UNIX)\n\
              try:\n  s.connect(sys.argv[1])\nexcept PermissionError:\n  print('EACCES'); sys.exit(0)\n\
              s.sendall(b'admin.vm.List+ dom0 name dom0\\0'); s.shutdown(socket.SHUT_WR)\n\
              print('REPLY', len(s.recv(100)))",
-        )
-        .arg(&d.socket)
-        .output()
-        .unwrap();
+        &d.socket,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         stdout.trim(),
@@ -63,20 +69,14 @@ fn a_user_outside_the_group_is_refused() {
     );
     // Even with the file mode opened up, the daemon's own peer check refuses.
     std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(PY)
-        .arg("-c")
-        .arg(
+    let out = as_nobody(
             "import socket,sys\n\
              s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n\
              try:\n  s.sendall(b'admin.vm.List+ dom0 name dom0\\0'); s.shutdown(socket.SHUT_WR); n=len(s.recv(100))\n\
              except (ConnectionResetError, BrokenPipeError):\n  n=0\n\
              print('REPLY', n)",
-        )
-        .arg(&d.socket)
-        .output()
-        .unwrap();
+        &d.socket,
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "REPLY 0",
