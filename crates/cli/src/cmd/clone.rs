@@ -35,15 +35,14 @@ pub fn run(client: &Client, a: Args) -> Result<Code> {
             .unwrap_or_default()
     };
     let class = a.class.clone().unwrap_or(src.class.clone());
-    let mut payload = format!("name={} label={}", a.name, get("label"));
-    let method = match &a.pool {
-        Some(p) => {
-            payload.push_str(&format!(" pool={p}"));
-            format!("admin.vm.CreateInPool.{class}")
-        }
-        None => format!("admin.vm.Create.{class}"),
-    };
-    client.call(&method, &get("template"), "dom0", payload.as_bytes())?;
+    super::create_qube(
+        client,
+        &class,
+        &get("template"),
+        &a.name,
+        &get("label"),
+        a.pool.as_deref(),
+    )?;
     if let Err(e) = copy_rest(client, &a.source, &a.name, &props) {
         let undo = client.call("admin.vm.Remove", "", &a.name, b"");
         let note = match undo {

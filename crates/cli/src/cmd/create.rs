@@ -49,19 +49,13 @@ pub fn run(client: &Client, a: Args) -> Result<Code> {
             labels.lines().collect::<Vec<_>>().join(", ")
         ));
     }
-    let mut payload = format!("name={} label={}", a.name, a.label);
-    let method = match &a.pool {
-        Some(pool) => {
-            payload.push_str(&format!(" pool={pool}"));
-            format!("admin.vm.CreateInPool.{}", a.class)
-        }
-        None => format!("admin.vm.Create.{}", a.class),
-    };
-    client.call(
-        &method,
+    super::create_qube(
+        client,
+        &a.class,
         a.template.as_deref().unwrap_or(""),
-        "dom0",
-        payload.as_bytes(),
+        &a.name,
+        &a.label,
+        a.pool.as_deref(),
     )?;
     for (k, v) in &props {
         if let Err(e) = client.call("admin.vm.property.Set", k, &a.name, v.as_bytes()) {

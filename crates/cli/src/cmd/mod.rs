@@ -34,3 +34,25 @@ pub fn lookup(client: &Client, name: &str) -> anyhow::Result<VmEntry> {
         .next()
         .ok_or_else(|| anyhow::anyhow!("bulkheadd listed nothing for '{name}'"))
 }
+
+/// `admin.vm.Create.<class>` (or `CreateInPool` when a pool is given), as
+/// `qvm-create` sends it; `template` may be empty.
+pub fn create_qube(
+    client: &Client,
+    class: &str,
+    template: &str,
+    name: &str,
+    label: &str,
+    pool: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut payload = format!("name={name} label={label}");
+    let method = match pool {
+        Some(p) => {
+            payload.push_str(&format!(" pool={p}"));
+            format!("admin.vm.CreateInPool.{class}")
+        }
+        None => format!("admin.vm.Create.{class}"),
+    };
+    client.call(&method, template, "dom0", payload.as_bytes())?;
+    Ok(())
+}
