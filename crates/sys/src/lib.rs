@@ -1,7 +1,7 @@
 //! `bulkhead-sys`: the only crate in Bulkhead that contains `unsafe`.
 //!
 //! It wraps the few Linux system calls that `nix` does not cover (the new
-//! mount API for idmapped mounts) and `fork`, whose precondition (a
+//! mount API for idmapped mounts, loop device setup, pidfds) and `fork`, whose precondition (a
 //! single-threaded caller) it checks at run time. Every `unsafe` block carries
 //! a `SAFETY:` comment naming the invariant it relies on.
 //!
@@ -10,5 +10,7 @@
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod fs;
+pub mod loopdev;
 pub mod mount;
 pub mod process;
