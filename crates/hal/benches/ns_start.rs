@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bulkhead_hal::ns::NsBackend;
-use bulkhead_hal::{Backend, QubeSpec};
+use bulkhead_hal::{Backend, QubeSpec, RootFs};
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -65,9 +65,12 @@ fn main() {
         let run = dir.path().join(format!("run{n}"));
         let spec = QubeSpec {
             name: format!("bench{n}"),
-            root: root.clone(),
-            upper: run.join("upper"),
-            work: run.join("work"),
+            root: RootFs::Overlay {
+                lower: root.clone(),
+                upper: run.join("upper"),
+                work: run.join("work"),
+            },
+            binds: vec![],
             run_dir: run.join("run"),
             init: vec!["/usr/bin/bulkhead-agent".into()],
             uid_base: 300_000,

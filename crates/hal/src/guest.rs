@@ -124,3 +124,38 @@ pub fn exec(
         }
     }
 }
+
+/// Waits until the agent behind `socket` answers HELLO (the qube is ready
+/// for calls), or `timeout` passes.
+pub fn wait_ready(socket: &Path, timeout: std::time::Duration) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = io::Error::other("no attempt made");
+    while std::time::Instant::now() < deadline {
+        match hello(socket) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the agent did not answer within {timeout:?} ({last})"),
+    ))
+}
+
+fn hello(socket: &Path) -> io::Result<()> {
+    let mut s = connect_guest_socket(socket)?;
+    s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    send(
+        &mut s,
+        &Message::Hello {
+            version: qrexec::PROTOCOL_VERSION,
+        },
+    )?;
+    let mut dec = Decoder::new(qrexec::MIN_PROTOCOL_VERSION);
+    match recv(&mut s, &mut dec)? {
+        Some(Message::Hello { .. }) => Ok(()),
+        other => Err(bad(format!("agent did not say HELLO: {other:?}"))),
+    }
+}

@@ -24,13 +24,11 @@ use thiserror::Error;
 pub struct QubeSpec {
     /// Qube name (also its hostname).
     pub name: String,
-    /// Read-only root tree shared with other qubes (the template's root).
-    pub root: PathBuf,
-    /// Writable layer over `root`, private to this run (discarded by the caller
-    /// for AppVMs, kept for templates).
-    pub upper: PathBuf,
-    /// Overlay work dir on the same file system as `upper`.
-    pub work: PathBuf,
+    /// The qube's root file system.
+    pub root: RootFs,
+    /// Host directories bound into the qube (the private volume at `/rw`…),
+    /// in order; their files are stored with the qube's own uids.
+    pub binds: Vec<Bind>,
     /// Scratch dir for the backend's own mounts and sockets (created if missing).
     /// Its `channel/` subdir is the guest channel: mounted at
     /// [`GUEST_CHANNEL_DIR`] inside the qube, where the agent listens.
@@ -49,6 +47,31 @@ pub struct QubeSpec {
     pub max_pids: u32,
     /// Where the qube's console output goes.
     pub log: PathBuf,
+}
+
+/// How a qube's root is assembled. Host paths hold files with the uids the
+/// qube sees (host uid 0 is the qube's root): the backend shifts them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RootFs {
+    /// Copy-on-write over a shared tree (an AppVM over its template's root):
+    /// `lower` is never written; writes land in `upper` (a host dir owned by
+    /// the qube's uid range, discarded by the caller at stop).
+    Overlay {
+        lower: PathBuf,
+        upper: PathBuf,
+        work: PathBuf,
+    },
+    /// The qube writes its root itself (a template's or standalone's root).
+    Direct { path: PathBuf },
+}
+
+/// A host directory bound into the qube.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bind {
+    pub src: PathBuf,
+    /// Absolute path inside the qube.
+    pub dst: String,
+    pub read_only: bool,
 }
 
 /// Where the guest channel appears inside a qube.
@@ -74,7 +97,8 @@ pub struct Capabilities {
 pub enum RunState {
     Running,
     Paused,
-    /// Exited with this status (a signal is reported as 128 + signo).
+    /// Exited with this status (a signal is reported as 128 + signo; -1
+    /// when unknown, e.g. for a re-adopted qube).
     Exited(i32),
 }
 
@@ -109,6 +133,20 @@ pub trait Backend: Send + Sync {
     fn capabilities(&self) -> Capabilities;
     /// Starts a qube; returns once its init runs inside the sandbox.
     fn start(&self, spec: &QubeSpec) -> Result<Box<dyn Instance>, HalError>;
+    /// Takes over a qube started by an earlier daemon process, from the
+    /// record its [`Instance::record`] gave. Fails if that qube is gone.
+    fn adopt(&self, record: &InstanceRecord) -> Result<Box<dyn Instance>, HalError>;
+}
+
+/// What a daemon must remember to re-adopt a running qube after a restart
+/// (kept by the daemon in its runtime dir).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    /// The backend that started it.
+    pub backend: String,
+    pub qube: String,
+    /// Backend-specific facts.
+    pub data: serde_json::Value,
 }
 
 /// A started qube.
@@ -119,6 +157,9 @@ pub trait Instance: Send {
     fn agent_socket(&self) -> PathBuf;
     /// Current state (reaps the qube if it exited).
     fn state(&mut self) -> RunState;
+    /// Asks the qube to stop (its init gets SIGTERM) and returns at once;
+    /// watch [`Instance::state`] for the exit.
+    fn request_shutdown(&mut self) -> Result<(), HalError>;
     /// Asks init to stop (SIGTERM), then kills after `timeout`. Returns the exit state.
     fn shutdown(&mut self, timeout: Duration) -> Result<RunState, HalError>;
     /// Kills everything in the qube at once.
@@ -129,6 +170,11 @@ pub trait Instance: Send {
     fn unpause(&mut self) -> Result<(), HalError>;
     /// Resource figures.
     fn stats(&self) -> Stats;
+    /// What a later daemon needs to [`Backend::adopt`] this qube.
+    fn record(&self) -> InstanceRecord;
+    /// Lets go of the qube without stopping it (the daemon is exiting and a
+    /// later one re-adopts it); dropping a detached instance leaves it running.
+    fn detach(&mut self);
 }
 
 /// The backend for a `virt_mode` value.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bulkhead_hal::ns::NsBackend;
-use bulkhead_hal::{Backend, Instance, QubeSpec, RunState};
+use bulkhead_hal::{Backend, Instance, QubeSpec, RootFs, RunState};
 
 mod support;
 
@@ -57,16 +57,22 @@ fn rootfs(dir: &Path) -> PathBuf {
 struct Qube {
     dir: tempfile::TempDir,
     spec: QubeSpec,
+    root: PathBuf,
+    upper: PathBuf,
 }
 
 fn qube(name: &str, script: &str, memory_mib: u64) -> Qube {
     let dir = tempfile::tempdir().unwrap();
     let root = rootfs(dir.path());
+    let upper = dir.path().join("upper");
     let spec = QubeSpec {
         name: name.into(),
-        root,
-        upper: dir.path().join("upper"),
-        work: dir.path().join("work"),
+        root: RootFs::Overlay {
+            lower: root.clone(),
+            upper: upper.clone(),
+            work: dir.path().join("work"),
+        },
+        binds: vec![],
         run_dir: dir.path().join("run"),
         init: vec!["/bin/sh".into(), "-c".into(), script.into()],
         uid_base: 200_000,
@@ -76,7 +82,12 @@ fn qube(name: &str, script: &str, memory_mib: u64) -> Qube {
         max_pids: 256,
         log: dir.path().join("console.log"),
     };
-    Qube { dir, spec }
+    Qube {
+        dir,
+        spec,
+        root,
+        upper,
+    }
 }
 
 fn backend() -> NsBackend {
@@ -132,11 +143,11 @@ fn qube_runs_as_pid1_root_mapped_to_its_own_range() {
     assert!(out.contains("from the template"), "{out}");
     // The write went to the qube's upper layer, owned by its range; the
     // shared root is untouched.
-    let up = q.spec.upper.join("etc/new-file");
+    let up = q.upper.join("etc/new-file");
     assert_eq!(std::fs::read_to_string(&up).unwrap(), "written\n");
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&up).unwrap().uid(), 200_000);
-    assert!(!q.spec.root.join("etc/new-file").exists());
+    assert!(!q.root.join("etc/new-file").exists());
     drop(q.dir);
 }
 
@@ -166,8 +177,8 @@ fn a_symlink_planted_in_the_persistent_layer_is_not_followed() {
     require_ns!();
     let q = qube("nstest6", "echo should-not-run", 64);
     // A template's persistent upper layer with /run pointing at the host's /tmp.
-    std::fs::create_dir_all(&q.spec.upper).unwrap();
-    std::os::unix::fs::symlink("/tmp", q.spec.upper.join("run")).unwrap();
+    std::fs::create_dir_all(&q.upper).unwrap();
+    std::os::unix::fs::symlink("/tmp", q.upper.join("run")).unwrap();
     let err = backend().start(&q.spec).err().expect("start must refuse");
     assert!(err.to_string().contains("not a real directory"), "{err}");
 }
@@ -264,7 +275,7 @@ fn commands_run_through_the_agent_over_the_guest_channel() {
         return;
     };
     let mut q = qube("nstest5", "", 256);
-    install_binary(&q.spec.root, &agent, "/usr/bin/bulkhead-agent");
+    install_binary(&q.root, &agent, "/usr/bin/bulkhead-agent");
     q.spec.init = vec!["/usr/bin/bulkhead-agent".into()];
     let mut i = backend().start(&q.spec).expect("start");
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -27,10 +27,18 @@ pub fn layout() -> Layout {
     }
 }
 
-/// A qube's cgroup(s), removed on drop.
+/// A qube's cgroup(s), removed on drop (unless kept for a later daemon).
 #[derive(Debug)]
 pub struct Cgroup {
     layout: Layout,
+    dirs: Vec<PathBuf>,
+    keep: bool,
+}
+
+/// A cgroup as remembered across daemon restarts.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    v2: bool,
     dirs: Vec<PathBuf>,
 }
 
@@ -51,6 +59,7 @@ impl Cgroup {
         let mut cg = Cgroup {
             layout,
             dirs: Vec::new(),
+            keep: false,
         };
         match layout {
             Layout::V2 => {
@@ -108,6 +117,35 @@ impl Cgroup {
             }
         }
         Ok(cg)
+    }
+
+    /// What [`Cgroup::from_record`] needs.
+    pub fn record(&self) -> Record {
+        Record {
+            v2: self.layout == Layout::V2,
+            dirs: self.dirs.clone(),
+        }
+    }
+
+    /// The cgroup(s) of a qube started by an earlier daemon.
+    pub fn from_record(r: Record) -> Cgroup {
+        Cgroup {
+            layout: if r.v2 { Layout::V2 } else { Layout::V1 },
+            // Only our own hierarchy: a tampered record must not point elsewhere.
+            dirs: r
+                .dirs
+                .into_iter()
+                .filter(|d| {
+                    d.starts_with(ROOT) && d.components().any(|c| c.as_os_str() == "bulkhead")
+                })
+                .collect(),
+            keep: false,
+        }
+    }
+
+    /// Leaves the cgroup(s) in place when dropped.
+    pub fn keep(&mut self) {
+        self.keep = true;
     }
 
     /// Moves a process into the cgroup(s).
@@ -207,6 +245,9 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         for d in &self.dirs {
             // Fails while processes remain; they are gone once the qube exited.
             let _ = fs::remove_dir(d);

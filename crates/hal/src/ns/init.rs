@@ -31,10 +31,13 @@ use super::seccomp;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InitConfig {
     pub hostname: String,
-    /// Idmapped, read-only view of the shared root, prepared by the backend.
+    /// Idmapped view of the root, prepared by the backend: read-only under
+    /// an overlay, or the writable root itself when `overlay` is `None`.
     pub lower: PathBuf,
-    pub upper: PathBuf,
-    pub work: PathBuf,
+    /// Overlay (upper, work) dirs.
+    pub overlay: Option<(PathBuf, PathBuf)>,
+    /// Idmapped host dirs prepared by the backend: (dir, path in the qube, read-only).
+    pub binds: Vec<(PathBuf, String, bool)>,
     /// Empty dir where the overlay is assembled.
     pub merged: PathBuf,
     /// Host dir bound at [`crate::GUEST_CHANNEL_DIR`] inside the qube.
@@ -220,22 +223,36 @@ fn inner(
         mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none),
         "make mounts private",
     )?;
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        cfg.lower.display(),
-        cfg.upper.display(),
-        cfg.work.display()
-    );
-    ctx(
-        mount(
-            Some("overlay"),
-            &cfg.merged,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(opts.as_str()),
-        ),
-        "mount root overlay",
-    )?;
+    match &cfg.overlay {
+        Some((upper, work)) => {
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                cfg.lower.display(),
+                upper.display(),
+                work.display()
+            );
+            ctx(
+                mount(
+                    Some("overlay"),
+                    &cfg.merged,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(opts.as_str()),
+                ),
+                "mount root overlay",
+            )?;
+        }
+        None => ctx(
+            mount(
+                Some(&cfg.lower),
+                &cfg.merged,
+                none,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                none,
+            ),
+            "bind the root",
+        )?,
+    }
     let m = &cfg.merged;
     let proc_dir = real_dir(m, &["proc"])?;
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -307,6 +324,26 @@ fn inner(
         ),
         "restrict the guest channel",
     )?;
+    for (src, dst, ro) in &cfg.binds {
+        let rel: Vec<&str> = dst.trim_start_matches('/').split('/').collect();
+        if rel.iter().any(|c| c.is_empty() || *c == "." || *c == "..") {
+            return Err(format!("bind target {dst:?} is not a clean absolute path"));
+        }
+        let target = real_dir(m, &rel)?;
+        ctx(
+            mount(Some(src), &target, none, MsFlags::MS_BIND, none),
+            &format!("bind {dst}"),
+        )?;
+        let mut flags =
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if *ro {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        ctx(
+            mount(none, &target, none, flags, none),
+            &format!("restrict {dst}"),
+        )?;
+    }
     ctx(sethostname(&cfg.hostname), "sethostname")?;
     ctx(chdir(m), "chdir to new root")?;
     ctx(pivot_root(".", "."), "pivot_root")?;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use nix::mount::{umount2, MntFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{chown, Gid, Pid, Uid};
+use serde::{Deserialize, Serialize};
 
 use crate::{Backend, Capabilities, HalError, Instance, QubeSpec, RunState, Stats};
 pub use cgroup::{layout as cgroup_layout, Layout as CgroupLayout};
@@ -77,6 +78,13 @@ impl Backend for NsBackend {
             what,
         })
     }
+
+    fn adopt(&self, record: &crate::InstanceRecord) -> Result<Box<dyn Instance>, HalError> {
+        adopt(&record.qube, record).map_err(|what| HalError::Control {
+            qube: record.qube.clone(),
+            what: format!("cannot re-adopt: {what}"),
+        })
+    }
 }
 
 fn io<T>(r: std::io::Result<T>, what: impl FnOnce() -> String) -> Result<T, String> {
@@ -86,8 +94,8 @@ fn io<T>(r: std::io::Result<T>, what: impl FnOnce() -> String) -> Result<T, Stri
 /// A started helper, before it is handed out; kills the helper if dropped early.
 struct Starting {
     child: Option<Child>,
-    lower: PathBuf,
-    lower_mounted: bool,
+    /// Host-side idmapped mounts, detached once the qube holds its own copies.
+    mounted: Vec<PathBuf>,
 }
 
 impl Drop for Starting {
@@ -96,8 +104,8 @@ impl Drop for Starting {
             let _ = c.kill();
             let _ = c.wait();
         }
-        if self.lower_mounted {
-            let _ = umount2(&self.lower, MntFlags::MNT_DETACH);
+        for m in self.mounted.drain(..) {
+            let _ = umount2(&m, MntFlags::MNT_DETACH);
         }
     }
 }
@@ -133,9 +141,24 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
     let lower = spec.run_dir.join("lower");
     let merged = spec.run_dir.join("merged");
     let channel = spec.run_dir.join("channel");
-    // A stale socket from an earlier run must not be mistaken for the agent.
-    let _ = fs::remove_file(channel.join(crate::AGENT_SOCKET));
-    for d in [&lower, &merged, &channel, &spec.upper, &spec.work] {
+    let (root_src, upper_work, root_ro) = match &spec.root {
+        crate::RootFs::Overlay { lower, upper, work } => {
+            (lower.clone(), Some((upper.clone(), work.clone())), true)
+        }
+        crate::RootFs::Direct { path } => (path.clone(), None, false),
+    };
+    let bind_dirs: Vec<PathBuf> = (0..spec.binds.len())
+        .map(|i| spec.run_dir.join(format!("bind{i}")))
+        .collect();
+    let mut dirs = vec![lower.clone(), merged.clone(), channel.clone()];
+    dirs.extend(bind_dirs.iter().cloned());
+    if let Some((u, w)) = &upper_work {
+        dirs.push(u.clone());
+        dirs.push(w.clone());
+    }
+    for d in &dirs {
+        // Leftovers of a crashed run must not shadow this one.
+        let _ = umount2(d, MntFlags::MNT_DETACH);
         io(fs::create_dir_all(d), || format!("create {}", d.display()))?;
     }
     // The guest-writable channel is a tiny tmpfs of its own, fresh each run,
@@ -163,7 +186,12 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
         Some(Uid::from_raw(spec.uid_base)),
         Some(Gid::from_raw(spec.uid_base)),
     );
-    for d in [&spec.upper, &spec.work, &channel] {
+    let mut owned = vec![channel.clone()];
+    if let Some((u, w)) = &upper_work {
+        owned.push(u.clone());
+        owned.push(w.clone());
+    }
+    for d in &owned {
         io(
             chown(d.as_path(), owner.0, owner.1).map_err(std::io::Error::from),
             || format!("chown {}", d.display()),
@@ -193,8 +221,12 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
     let cfg = init::InitConfig {
         hostname: spec.name.clone(),
         lower: lower.clone(),
-        upper: spec.upper.clone(),
-        work: spec.work.clone(),
+        overlay: upper_work.clone(),
+        binds: bind_dirs
+            .iter()
+            .zip(&spec.binds)
+            .map(|(dir, b)| (dir.clone(), b.dst.clone(), b.read_only))
+            .collect(),
         merged,
         channel: channel.clone(),
         init: spec.init.clone(),
@@ -212,8 +244,7 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
     )?;
     let mut st = Starting {
         child: Some(child),
-        lower: lower.clone(),
-        lower_mounted: false,
+        mounted: Vec::new(),
     };
     let child = st.child.as_mut().ok_or("helper vanished")?;
     let pid = child.id();
@@ -234,16 +265,23 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
     let userns = io(fs::File::open(format!("/proc/{pid}/ns/user")), || {
         "open the qube's user namespace".into()
     })?;
-    io(
-        bulkhead_sys::mount::idmapped_bind(&spec.root, userns.as_fd(), &lower, true),
-        || {
-            format!(
-                "idmapped mount of {} (needs kernel >= 5.12 and a file system that supports it)",
-                spec.root.display()
-            )
-        },
-    )?;
-    st.lower_mounted = true;
+    let idmapped = |src: &Path, dst: &Path, ro: bool| {
+        io(
+            bulkhead_sys::mount::idmapped_bind(src, userns.as_fd(), dst, ro),
+            || {
+                format!(
+                    "idmapped mount of {} (needs kernel >= 5.12 and a file system that supports it)",
+                    src.display()
+                )
+            },
+        )
+    };
+    idmapped(&root_src, &lower, root_ro)?;
+    st.mounted.push(lower.clone());
+    for (b, dir) in spec.binds.iter().zip(&bind_dirs) {
+        idmapped(&b.src, dir, b.read_only)?;
+        st.mounted.push(dir.clone());
+    }
     io(writeln!(input, "go"), || "signal the helper".into())?;
 
     let mut init_pid = None;
@@ -258,31 +296,132 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
         }
     }
     let init_pid = init_pid.ok_or("helper did not report the init pid")?;
-    // The qube's mount namespace holds its own copy now.
-    let _ = umount2(&lower, MntFlags::MNT_DETACH);
-    st.lower_mounted = false;
+    // The qube's mount namespace holds its own copies now.
+    for m in st.mounted.drain(..) {
+        let _ = umount2(&m, MntFlags::MNT_DETACH);
+    }
     let child = st.child.take().ok_or("helper vanished")?;
+    let helper_start = proc_start_time(child.id());
     Ok(Box::new(NsInstance {
         name: spec.name.clone(),
-        helper: child,
+        helper: Helper::Child(child),
+        helper_start,
         init_pid,
         cgroup: cg,
         paused: false,
         exited: None,
+        detached: false,
         agent_socket: channel.join(crate::AGENT_SOCKET),
         channel,
     }))
+}
+
+/// A process's start time (field 22 of `/proc/<pid>/stat`), which tells a
+/// live process from a later one that reuses its pid.
+fn proc_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: skip past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// What a later daemon needs to re-adopt an `ns` qube.
+#[derive(Debug, Serialize, Deserialize)]
+struct NsRecord {
+    helper_pid: u32,
+    helper_start: Option<u64>,
+    init_pid: u32,
+    cgroup: cgroup::Record,
+    agent_socket: PathBuf,
+    channel: PathBuf,
+    paused: bool,
+}
+
+fn adopt(name: &str, record: &crate::InstanceRecord) -> Result<Box<dyn Instance>, String> {
+    let r: NsRecord = serde_json::from_value(record.data.clone())
+        .map_err(|e| format!("unreadable instance record: {e}"))?;
+    let now = proc_start_time(r.helper_pid);
+    if now.is_none() || now != r.helper_start {
+        return Err("its helper process is gone".into());
+    }
+    // The pidfd pins this very process: a pid reused later cannot be mistaken for it.
+    let pidfd = bulkhead_sys::process::pidfd_open(r.helper_pid)
+        .map_err(|e| format!("pidfd_open({}): {e}", r.helper_pid))?;
+    if proc_start_time(r.helper_pid) != r.helper_start {
+        return Err("its helper process is gone".into());
+    }
+    Ok(Box::new(NsInstance {
+        name: name.to_string(),
+        helper: Helper::Adopted {
+            pid: r.helper_pid,
+            pidfd,
+        },
+        helper_start: r.helper_start,
+        init_pid: r.init_pid,
+        cgroup: cgroup::Cgroup::from_record(r.cgroup),
+        paused: r.paused,
+        exited: None,
+        detached: false,
+        agent_socket: r.agent_socket,
+        channel: r.channel,
+    }))
+}
+
+/// The helper process: our child, or one a previous daemon started.
+enum Helper {
+    Child(Child),
+    Adopted {
+        pid: u32,
+        pidfd: std::os::fd::OwnedFd,
+    },
+}
+
+impl Helper {
+    fn id(&self) -> u32 {
+        match self {
+            Helper::Child(c) => c.id(),
+            Helper::Adopted { pid, .. } => *pid,
+        }
+    }
+
+    /// The exit status if it has exited (-1 when not ours to reap).
+    fn try_wait(&mut self) -> Option<i32> {
+        match self {
+            Helper::Child(c) => match c.try_wait() {
+                Ok(Some(status)) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    Some(
+                        status
+                            .code()
+                            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+                    )
+                }
+                _ => None,
+            },
+            Helper::Adopted { pidfd, .. } => {
+                use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, PollTimeout::ZERO) {
+                    Ok(n) if n > 0 => Some(-1),
+                    _ => None,
+                }
+            }
+        }
+    }
 }
 
 /// A running `ns` qube.
 pub struct NsInstance {
     name: String,
     /// The helper; it exits with PID 1's status.
-    helper: Child,
+    helper: Helper,
+    helper_start: Option<u64>,
     init_pid: u32,
     cgroup: cgroup::Cgroup,
     paused: bool,
     exited: Option<i32>,
+    /// Left running for a later daemon: dropping must not kill it.
+    detached: bool,
     agent_socket: PathBuf,
     /// The channel tmpfs, unmounted when the qube is gone.
     channel: PathBuf,
@@ -298,16 +437,11 @@ impl NsInstance {
 
     fn poll(&mut self) -> Option<i32> {
         if self.exited.is_none() {
-            if let Ok(Some(status)) = self.helper.try_wait() {
-                use std::os::unix::process::ExitStatusExt;
+            if let Some(code) = self.helper.try_wait() {
                 // Nothing of the qube may outlive its helper.
                 self.cgroup.kill_all(None);
                 let _ = umount2(&self.channel, MntFlags::MNT_DETACH);
-                self.exited = Some(
-                    status
-                        .code()
-                        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
-                );
+                self.exited = Some(code);
             }
         }
         self.exited
@@ -342,6 +476,19 @@ impl Instance for NsInstance {
             None if self.paused => RunState::Paused,
             None => RunState::Running,
         }
+    }
+
+    fn request_shutdown(&mut self) -> Result<(), HalError> {
+        if self.poll().is_some() {
+            return Ok(());
+        }
+        if self.paused {
+            self.unpause()?;
+        }
+        // The helper has not reaped PID 1 yet (poll said so), so this pid is
+        // still the qube's init and cannot have been reused.
+        kill(Pid::from_raw(self.init_pid as i32), Signal::SIGTERM)
+            .map_err(|e| self.err(format!("SIGTERM to init: {e}")))
     }
 
     fn shutdown(&mut self, timeout: Duration) -> Result<RunState, HalError> {
@@ -394,11 +541,33 @@ impl Instance for NsInstance {
             memory_limit_hits: self.cgroup.memory_limit_hits(),
         }
     }
+
+    fn record(&self) -> crate::InstanceRecord {
+        let r = NsRecord {
+            helper_pid: self.helper.id(),
+            helper_start: self.helper_start,
+            init_pid: self.init_pid,
+            cgroup: self.cgroup.record(),
+            agent_socket: self.agent_socket.clone(),
+            channel: self.channel.clone(),
+            paused: self.paused,
+        };
+        crate::InstanceRecord {
+            backend: "ns".into(),
+            qube: self.name.clone(),
+            data: serde_json::to_value(r).unwrap_or_default(),
+        }
+    }
+
+    fn detach(&mut self) {
+        self.detached = true;
+        self.cgroup.keep();
+    }
 }
 
 impl Drop for NsInstance {
     fn drop(&mut self) {
-        if self.poll().is_none() {
+        if !self.detached && self.poll().is_none() {
             let _ = self.kill();
         }
     }
