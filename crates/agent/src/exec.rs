@@ -123,22 +123,38 @@ pub fn serve(mut stream: UnixStream, reaper: &Reaper) -> io::Result<()> {
             "command line has no 'user:' prefix",
         );
     };
-    if command.starts_with("QUBESRPC ") {
-        return fail(
-            qrexec::EXIT_NO_SERVICE,
-            "qrexec services are not supported by this agent yet",
-        );
-    }
+    let roots: Vec<&std::path::Path> = crate::service::SERVICE_PATH
+        .iter()
+        .map(std::path::Path::new)
+        .collect();
+    let request = match crate::service::resolve(command, &roots) {
+        Ok(r) => r,
+        Err((code, msg)) => return fail(code, &msg),
+    };
+    // Qubes' "DEFAULT" user is the qube's default user; the host normally
+    // substitutes it, but a bare DEFAULT means "user".
+    let user = if user == "DEFAULT" { "user" } else { user };
     let Some(u) = lookup_user(user) else {
         return fail(
             qrexec::EXIT_QREXEC_FAILED,
             &format!("no user '{user}' in this qube"),
         );
     };
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(command)
-        .uid(u.uid)
+    let mut cmd = match &request {
+        crate::service::Request::Shell(c) => {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.arg("-c").arg(c);
+            cmd
+        }
+        crate::service::Request::Service { path, arg, .. } => {
+            let mut cmd = Command::new(path);
+            if !arg.is_empty() {
+                cmd.arg(arg);
+            }
+            cmd
+        }
+    };
+    cmd.uid(u.uid)
         .gid(u.gid)
         .env_clear()
         .env("HOME", &u.home)
@@ -154,6 +170,19 @@ pub fn serve(mut stream: UnixStream, reaper: &Reaper) -> io::Result<()> {
         } else {
             "/"
         });
+    if let crate::service::Request::Service {
+        arg,
+        full_name,
+        source,
+        ..
+    } = &request
+    {
+        cmd.env("QREXEC_REMOTE_DOMAIN", source)
+            .env("QREXEC_SERVICE_FULL_NAME", full_name);
+        if !arg.is_empty() {
+            cmd.env("QREXEC_SERVICE_ARGUMENT", arg);
+        }
+    }
     if just_exec {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -11,17 +11,30 @@
 #![forbid(unsafe_code)]
 
 mod exec;
+mod init;
 mod reaper;
+mod service;
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
 fn main() {
+    let argv0 = std::env::args().next().unwrap_or_default();
+    // Called as the qubes.VMExec service (a link to this binary).
+    if argv0.rsplit('/').next() == Some("qubes.VMExec") {
+        std::process::exit(init::vmexec(std::env::args().nth(1).unwrap_or_default()));
+    }
     let socket = std::env::args()
         .nth(1)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/run/bulkhead/qrexec.sock"));
+    if std::process::id() == 1 {
+        init::boot();
+    }
     let reaper = reaper::Reaper::start();
+    if std::process::id() == 1 {
+        init::on_shutdown_signal();
+    }
     // Bind under a temporary name and rename: the socket appears only once it
     // is listening, so the host never sees a path that refuses connections.
     let tmp = socket.with_extension("sock.tmp");
