@@ -193,6 +193,13 @@ pub struct VmEntry {
     pub state: String,
 }
 
+impl VmEntry {
+    /// The power state.
+    pub fn state(&self) -> Option<&str> {
+        Some(self.state.as_str()).filter(|s| !s.is_empty())
+    }
+}
+
 pub fn parse_vm_list(body: &str) -> Vec<VmEntry> {
     body.lines()
         .filter_map(|l| {

@@ -60,6 +60,24 @@ enum Command {
     Notes(cmd::notes::Args),
     /// Print Admin API events as they happen.
     Events(cmd::events::Args),
+    /// Start qubes (qvm-start).
+    Start(cmd::start::Args),
+    /// Shut qubes down (qvm-shutdown).
+    Shutdown(cmd::shutdown::Args),
+    /// Kill qubes at once (qvm-kill).
+    Kill(cmd::power::Args),
+    /// Freeze qubes (qvm-pause).
+    Pause(cmd::power::Args),
+    /// Thaw paused qubes (qvm-unpause).
+    Unpause(cmd::power::Args),
+    /// Check that qubes exist / run / are halted (qvm-check).
+    Check(cmd::check::Args),
+    /// Run a command in a qube, starting it if needed (qvm-run).
+    Run(cmd::run::Args),
+    /// Volumes: list, info, revisions, revert, resize (qvm-volume).
+    Volume(cmd::volume::Args),
+    /// Build templates.
+    Template(cmd::template::Args),
 }
 
 /// Qubes tool names and the subcommand each maps to.
@@ -72,6 +90,14 @@ const ALIASES: &[(&str, &str)] = &[
     ("qubes-prefs", "global-prefs"),
     ("qvm-features", "features"),
     ("qvm-tags", "tags"),
+    ("qvm-start", "start"),
+    ("qvm-shutdown", "shutdown"),
+    ("qvm-kill", "kill"),
+    ("qvm-pause", "pause"),
+    ("qvm-unpause", "unpause"),
+    ("qvm-check", "check"),
+    ("qvm-run", "run"),
+    ("qvm-volume", "volume"),
 ];
 
 /// Rewrites `qvm-ls ARGS` into `bulkhead ls ARGS`.
@@ -85,6 +111,9 @@ fn argv() -> Vec<String> {
     if let Some((_, sub)) = ALIASES.iter().find(|(alias, _)| *alias == invoked) {
         args[0] = "bulkhead".into();
         args.insert(1, (*sub).to_string());
+        if invoked == "qvm-run" {
+            args.insert(2, "--qvm-run".into());
+        }
     }
     args
 }
@@ -115,6 +144,29 @@ fn main() -> ExitCode {
         Command::Labels(a) => cmd::labels::run(&client, a),
         Command::Notes(a) => cmd::notes::run(&client, a),
         Command::Events(a) => cmd::events::run(&client, a),
+        Command::Start(a) => cmd::start::run(&client, a),
+        Command::Shutdown(a) => cmd::shutdown::run(&client, a),
+        Command::Kill(a) => cmd::power::run(&client, "admin.vm.Kill", a),
+        Command::Pause(a) => cmd::power::run(&client, "admin.vm.Pause", a),
+        Command::Unpause(a) => cmd::power::run(&client, "admin.vm.Unpause", a),
+        Command::Check(a) => cmd::check::run(&client, a),
+        Command::Volume(a) => cmd::volume::run(&client, a),
+        Command::Template(a) => cmd::template::run(&client, a),
+        Command::Run(a) => {
+            return match cmd::run::run(&client, &cli.socket, a) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("bulkhead: error: {e:#}");
+                    // Qubes' qrexec failure code: the command never ran.
+                    let c = exit::code_for(&e);
+                    if c == exit::Code::Failed {
+                        ExitCode::from(125)
+                    } else {
+                        c.into()
+                    }
+                }
+            };
+        }
     };
     match result {
         Ok(code) => code.into(),

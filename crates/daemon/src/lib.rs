@@ -12,7 +12,10 @@
 
 pub mod api;
 pub mod error;
+pub mod lifecycle;
 pub mod model;
+pub mod ops;
 pub mod server;
+pub mod storage;
 pub mod store;
 pub mod sys;

@@ -35,6 +35,16 @@ struct Opts {
     /// With --detach: append the daemon's log here.
     #[arg(long, default_value = "/var/log/bulkheadd.log")]
     log_file: PathBuf,
+    /// Runtime directory (mounts of running qubes, `qrexec.<name>` links);
+    /// default: the directory of the first --socket.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// The `ns` backend's helper; default: `bulkhead-nsinit` next to this binary.
+    #[arg(long)]
+    nsinit: Option<PathBuf>,
+    /// Serve the Admin API on the state only, without running qubes.
+    #[arg(long)]
+    no_runtime: bool,
 }
 
 fn main() -> ExitCode {
@@ -138,8 +148,37 @@ fn run(opts: Opts) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let runtime = if opts.no_runtime {
+        None
+    } else {
+        let run_dir = opts.run_dir.clone().unwrap_or_else(|| {
+            opts.sockets[0]
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("/run/bulkhead"))
+        });
+        let nsinit = match &opts.nsinit {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .context("cannot find own executable")?
+                .with_file_name("bulkhead-nsinit"),
+        };
+        let r = bulkheadd::lifecycle::Runtime::new(&opts.state_dir, &run_dir, nsinit)
+            .with_context(|| format!("cannot set up the qube runtime in {}", run_dir.display()))?;
+        for b in r.backends() {
+            let caps = b.capabilities();
+            match caps.reason {
+                None => tracing::info!("backend {}: usable", b.name()),
+                Some(why) => tracing::warn!("backend {}: not usable here: {why}", b.name()),
+            }
+        }
+        tracing::warn!(
+            "backend vm: not built yet; qubes with virt_mode=vm cannot start (set virt_mode=ns)"
+        );
+        Some(r)
+    };
     rt.block_on(async move {
-        let daemon = Daemon::start(store, app, Some(gid.as_raw()));
+        let daemon = Daemon::start_with_runtime(store, app, Some(gid.as_raw()), runtime);
         let mut servers = Vec::new();
         for path in &opts.sockets {
             let listener = bind_socket(path, Some(gid))?;
@@ -149,6 +188,10 @@ fn run(opts: Opts) -> Result<()> {
         if let Some(p) = &opts.pidfile {
             std::fs::write(p, format!("{}\n", std::process::id()))
                 .with_context(|| format!("cannot write pidfile {}", p.display()))?;
+        }
+        {
+            let d = daemon.clone();
+            tokio::spawn(async move { d.recover_and_autostart().await });
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -161,6 +204,8 @@ fn run(opts: Opts) -> Result<()> {
         }
         // Wait for an in-flight write to finish persisting before exit.
         let _ = tokio::time::timeout(Duration::from_secs(5), daemon.quiesce()).await;
+        // Running qubes stay up; the next daemon re-adopts them.
+        let _ = tokio::time::timeout(Duration::from_secs(5), daemon.detach_all()).await;
         for path in &opts.sockets {
             let _ = std::fs::remove_file(path);
         }

@@ -39,6 +39,8 @@ pub struct Daemon {
     /// Who may connect: root, the daemon's uid, and members of this gid.
     allowed_gid: Option<u32>,
     warn: RateLimit,
+    /// Runs qubes; `None` for a state-only daemon (tests of the API alone).
+    runtime: Option<Arc<crate::lifecycle::Runtime>>,
 }
 
 /// One queued write and where to send its outcome.
@@ -54,6 +56,16 @@ const MAX_BATCH: usize = 256;
 impl Daemon {
     /// Creates the daemon and starts its writer task (call inside a Tokio runtime).
     pub fn start(store: Store, app: App, allowed_gid: Option<u32>) -> Arc<Self> {
+        Self::start_with_runtime(store, app, allowed_gid, None)
+    }
+
+    /// Like [`Daemon::start`], with a runtime that runs qubes.
+    pub fn start_with_runtime(
+        store: Store,
+        app: App,
+        allowed_gid: Option<u32>,
+        runtime: Option<crate::lifecycle::Runtime>,
+    ) -> Arc<Self> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (writes, rx) = tokio::sync::mpsc::channel(MAX_CONNECTIONS);
         let d = Arc::new(Daemon {
@@ -63,9 +75,39 @@ impl Daemon {
             events,
             allowed_gid,
             warn: RateLimit::new(20),
+            runtime: runtime.map(Arc::new),
         });
         tokio::spawn(writer(Arc::downgrade(&d), Arc::new(store), rx));
         d
+    }
+
+    /// The qube runtime, if this daemon runs qubes.
+    pub fn runtime(&self) -> Option<&Arc<crate::lifecycle::Runtime>> {
+        self.runtime.as_ref()
+    }
+
+    /// Publishes an event to subscribers.
+    pub fn emit(&self, ev: Event) {
+        let _ = self.events.send(Arc::new(ev));
+    }
+
+    /// Sets a qube's power state in the published snapshot (through the
+    /// writer, so it is ordered with other writes; not persisted).
+    pub async fn set_power(
+        &self,
+        name: &str,
+        state: crate::model::PowerState,
+    ) -> Result<(), ApiError> {
+        let ctx = api::Ctx {
+            source: crate::model::DOM0.into(),
+            dest: name.into(),
+        };
+        self.write(&ctx, &Call::SetPower(state)).await.map(|_| ())
+    }
+
+    /// Runs a write through the writer (used by host operations).
+    pub async fn write_call(&self, ctx: &api::Ctx, call: &Call) -> Result<String, ApiError> {
+        self.write(ctx, call).await
     }
 
     /// Current state snapshot.
@@ -75,7 +117,7 @@ impl Daemon {
 
     /// Runs one framed request and returns the reply bytes; `None` means abort
     /// the connection without a reply (as qubesd does on framing errors).
-    pub async fn handle_request(&self, raw: &[u8]) -> Option<Reply> {
+    pub async fn handle_request(self: &Arc<Self>, raw: &[u8]) -> Option<Reply> {
         let req = match admin::parse_request(raw) {
             Ok(r) => r,
             Err(e) => {
@@ -98,7 +140,11 @@ impl Daemon {
         if call == Call::Events {
             return Some(Reply::Events(EventFilter::for_dest(&ctx.dest)));
         }
-        let result = if call.is_write() {
+        let result = if call.is_host_op() {
+            self.host_op(&ctx, &call).await
+        } else if call == Call::Remove {
+            self.remove_qube(&ctx).await
+        } else if call.is_write() {
             self.write(&ctx, &call).await
         } else {
             api::query(&snap, &ctx, &call)
@@ -162,7 +208,7 @@ impl Daemon {
                 .is_some_and(|pid| crate::sys::process_in_group(pid, gid))
     }
 
-    async fn connection(&self, mut stream: UnixStream) {
+    async fn connection(self: &Arc<Self>, mut stream: UnixStream) {
         if !self.peer_allowed(&stream) {
             self.warn
                 .log(|| tracing::warn!("refused a client outside the allowed group"));
@@ -355,12 +401,14 @@ async fn writer(
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut events = Vec::new();
         let mut changed = false;
+        let mut persist = false;
         for job in &batch {
             let mut trial = cand.clone();
             match api::mutate(&mut trial, &job.ctx, &job.call, rand::random::<u32>) {
                 Ok((body, evs)) => {
                     cand = trial;
                     changed = true;
+                    persist |= job.call.persists();
                     events.extend(evs);
                     outcomes.push(Ok(body));
                 }
@@ -370,7 +418,11 @@ async fn writer(
         if changed {
             let cand = Arc::new(cand);
             let (st, to_save) = (store.clone(), cand.clone());
-            let saved = tokio::task::spawn_blocking(move || st.save(&to_save)).await;
+            let saved = if persist {
+                tokio::task::spawn_blocking(move || st.save(&to_save)).await
+            } else {
+                Ok(Ok(()))
+            };
             let failure = match saved {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e.to_string()),

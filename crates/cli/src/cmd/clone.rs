@@ -1,5 +1,6 @@
 //! `bulkhead clone` / `qvm-clone`: copies a qube's definition (properties,
-//! features, tags, notes). Volumes are copied once the storage layer exists.
+//! features, tags, notes) and its persistent volumes (reflinked where the
+//! pool's file system allows, so the copy takes no time or space).
 
 use anyhow::Result;
 
@@ -83,6 +84,23 @@ fn copy_rest(client: &Client, from: &str, to: &str, props: &[crate::client::Prop
         if !t.starts_with("created-by-") {
             client.call("admin.vm.tag.Set", t, to, b"")?;
         }
+    }
+    for vol in client.call("admin.vm.volume.List", "", from, b"")?.lines() {
+        let info = client.call("admin.vm.volume.Info", vol, from, b"")?;
+        let persistent = info.lines().any(|l| l == "save_on_stop=True")
+            && info.lines().any(|l| l == "snap_on_start=False");
+        if !persistent
+            || !client
+                .call("admin.vm.volume.List", "", to, b"")?
+                .lines()
+                .any(|v| v == vol)
+        {
+            continue;
+        }
+        let token = client.call("admin.vm.volume.CloneFrom", vol, from, b"")?;
+        client
+            .call("admin.vm.volume.CloneTo", vol, to, token.as_bytes())
+            .map_err(|e| anyhow::Error::new(e).context(format!("copying volume {from}:{vol}")))?;
     }
     let notes = client.call("admin.vm.notes.Get", "", from, b"")?;
     if !notes.is_empty() {

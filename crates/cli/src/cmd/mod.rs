@@ -1,5 +1,6 @@
 //! One file per subcommand; shared helpers here.
 
+pub mod check;
 pub mod clone;
 pub mod create;
 pub mod events;
@@ -7,9 +8,15 @@ pub mod features;
 pub mod labels;
 pub mod ls;
 pub mod notes;
+pub mod power;
 pub mod prefs;
 pub mod remove;
+pub mod run;
+pub mod shutdown;
+pub mod start;
 pub mod tags;
+pub mod template;
+pub mod volume;
 
 use crate::client::{parse_vm_list, Client, VmEntry};
 use crate::exit::usage;

@@ -299,6 +299,18 @@ pub fn mutate(
         Call::NotesSet(text) => {
             app.vm_mut(dest)?.notes = text.clone();
         }
+        Call::SetPower(state) => {
+            app.vm_mut(dest)?.power = *state;
+            return Ok((String::new(), events));
+        }
+        Call::SetVolume(vol, settings) => {
+            let q = app.vm_mut(dest)?;
+            if *settings == crate::model::VolumeSettings::default() {
+                q.volumes.remove(vol);
+            } else {
+                q.volumes.insert(vol.clone(), settings.clone());
+            }
+        }
         other => {
             return Err(ApiError::protocol(format!(
                 "internal: {other:?} is not a write"
@@ -395,6 +407,7 @@ fn create(
         tags: BTreeSet::from([format!("created-by-{}", ctx.source)]),
         notes: String::new(),
         pools: args.pools.clone(),
+        volumes: BTreeMap::new(),
         power: PowerState::Halted,
     };
     app.qubes.insert(args.name.clone(), q);

@@ -64,6 +64,34 @@ pub enum Call {
     NotesGet,
     NotesSet(String),
     Events,
+    // Lifecycle (served by `lifecycle`, not by `exec`).
+    Start,
+    Shutdown {
+        force: bool,
+        wait: bool,
+    },
+    Kill,
+    Pause,
+    Unpause,
+    // Storage (served by `ops`).
+    VolumeList,
+    VolumeInfo(String),
+    VolumeListSnapshots(String),
+    VolumeRevert(String, u64),
+    VolumeResize(String, u64),
+    VolumeSetRevisions(String, i64),
+    VolumeCloneFrom(String),
+    VolumeCloneTo(String, String),
+    VolumeImportBegin(String),
+    VolumeImportEnd(String, bool),
+    PoolList,
+    PoolListDrivers,
+    PoolInfo(String),
+    /// Internal: the runtime's power state of the destination (never decoded
+    /// from a request; not persisted).
+    SetPower(crate::model::PowerState),
+    /// Internal: record a volume's new settings after the files changed.
+    SetVolume(String, crate::model::VolumeSettings),
 }
 
 /// `admin.vm.Create.<Class>` / `CreateInPool.<Class>` decoded.
@@ -93,6 +121,39 @@ impl Call {
                 | Call::Create(..)
                 | Call::Remove
                 | Call::NotesSet(..)
+                | Call::SetPower(..)
+                | Call::SetVolume(..)
+        )
+    }
+
+    /// Whether a write must reach the state file (power states are runtime-only).
+    pub fn persists(&self) -> bool {
+        self.is_write() && !matches!(self, Call::SetPower(..))
+    }
+
+    /// Whether this call is served by the host side (lifecycle and storage)
+    /// rather than by the state alone.
+    pub fn is_host_op(&self) -> bool {
+        matches!(
+            self,
+            Call::Start
+                | Call::Shutdown { .. }
+                | Call::Kill
+                | Call::Pause
+                | Call::Unpause
+                | Call::VolumeList
+                | Call::VolumeInfo(..)
+                | Call::VolumeListSnapshots(..)
+                | Call::VolumeRevert(..)
+                | Call::VolumeResize(..)
+                | Call::VolumeSetRevisions(..)
+                | Call::VolumeCloneFrom(..)
+                | Call::VolumeCloneTo(..)
+                | Call::VolumeImportBegin(..)
+                | Call::VolumeImportEnd(..)
+                | Call::PoolList
+                | Call::PoolListDrivers
+                | Call::PoolInfo(..)
         )
     }
 }
@@ -129,7 +190,25 @@ static METHODS: &[(&str, Want, Want, Want)] = &[
     ("admin.property.List", No, No, Yes),
     ("admin.property.Reset", Yes, No, Yes),
     ("admin.property.Set", Yes, Any, Yes),
+    ("admin.pool.Info", Yes, No, Yes),
+    ("admin.pool.List", No, No, Yes),
+    ("admin.pool.ListDrivers", No, No, Yes),
     ("admin.vm.CurrentState", No, No, Any),
+    ("admin.vm.Kill", No, No, No),
+    ("admin.vm.Pause", No, No, No),
+    ("admin.vm.Shutdown", Any, No, No),
+    ("admin.vm.Start", No, No, No),
+    ("admin.vm.Unpause", No, No, No),
+    ("admin.vm.volume.CloneFrom", Yes, No, No),
+    ("admin.vm.volume.CloneTo", Yes, Yes, No),
+    ("admin.vm.volume.Info", Yes, No, No),
+    ("admin.vm.volume.List", No, No, No),
+    ("admin.vm.volume.ListSnapshots", Yes, No, No),
+    ("admin.vm.volume.Resize", Yes, Yes, No),
+    ("admin.vm.volume.Revert", Yes, Yes, No),
+    ("admin.vm.volume.Set.revisions_to_keep", Yes, Yes, No),
+    ("internal.vm.volume.ImportBegin", Yes, No, No),
+    ("internal.vm.volume.ImportEnd", Yes, Yes, No),
     ("admin.vm.List", No, No, Any),
     ("admin.vm.Remove", No, No, No),
     ("admin.vm.feature.CheckWithAdminVM", Yes, No, Any),
@@ -241,6 +320,90 @@ pub fn decode(app: &App, req: &Request) -> ApiResult<(Ctx, Call)> {
         "admin.vmclass.List" => Call::VmClassList,
         "admin.vm.List" => Call::VmList,
         "admin.vm.CurrentState" => Call::CurrentState,
+        "admin.vm.Start" => Call::Start,
+        "admin.vm.Kill" => Call::Kill,
+        "admin.vm.Pause" => Call::Pause,
+        "admin.vm.Unpause" => Call::Unpause,
+        "admin.vm.Shutdown" => {
+            let mut force = false;
+            let mut wait = false;
+            for part in arg.split('+').filter(|p| !p.is_empty()) {
+                match part {
+                    "force" if !force => force = true,
+                    "wait" if !wait => wait = true,
+                    _ => {
+                        return Err(ApiError::protocol(format!(
+                            "invalid shutdown option '{part}'"
+                        )))
+                    }
+                }
+            }
+            Call::Shutdown { force, wait }
+        }
+        "admin.pool.List" => Call::PoolList,
+        "admin.pool.ListDrivers" => Call::PoolListDrivers,
+        "admin.pool.Info" => Call::PoolInfo(arg_name("pool", arg)?),
+        "admin.vm.volume.List" => Call::VolumeList,
+        "admin.vm.volume.Info" => Call::VolumeInfo(volume_arg(arg)?),
+        "admin.vm.volume.ListSnapshots" => Call::VolumeListSnapshots(volume_arg(arg)?),
+        "admin.vm.volume.CloneFrom" => Call::VolumeCloneFrom(volume_arg(arg)?),
+        "admin.vm.volume.CloneTo" => {
+            Call::VolumeCloneTo(volume_arg(arg)?, ascii(payload, "clone token")?)
+        }
+        "admin.vm.volume.Revert" => {
+            let rev = ascii(payload, "revision")?;
+            let n = rev.trim().parse().map_err(|_| {
+                ApiError::value(format!(
+                    "invalid revision '{rev}': expected a number from ListSnapshots"
+                ))
+            })?;
+            Call::VolumeRevert(volume_arg(arg)?, n)
+        }
+        "admin.vm.volume.Resize" => {
+            let size = ascii(payload, "size")?;
+            let n = size
+                .trim()
+                .parse()
+                .map_err(|_| ApiError::value(format!("invalid size '{size}': expected bytes")))?;
+            Call::VolumeResize(volume_arg(arg)?, n)
+        }
+        "admin.vm.volume.Set.revisions_to_keep" => {
+            let v = ascii(payload, "revisions_to_keep")?;
+            let n: i64 = v.trim().parse().map_err(|_| {
+                ApiError::value(format!(
+                    "invalid revisions_to_keep '{v}': expected an integer >= -1"
+                ))
+            })?;
+            if !(-1..=100).contains(&n) {
+                return Err(ApiError::value(format!(
+                    "invalid revisions_to_keep {n}: expected -1 to 100"
+                )));
+            }
+            Call::VolumeSetRevisions(volume_arg(arg)?, n)
+        }
+        "internal.vm.volume.ImportBegin" => {
+            if source != DOM0 {
+                return Err(ApiError::new(
+                    crate::error::Exc::PermissionDenied,
+                    "only dom0 may import volumes",
+                ));
+            }
+            Call::VolumeImportBegin(volume_arg(arg)?)
+        }
+        "internal.vm.volume.ImportEnd" => {
+            if source != DOM0 {
+                return Err(ApiError::new(
+                    crate::error::Exc::PermissionDenied,
+                    "only dom0 may import volumes",
+                ));
+            }
+            let ok = match payload.as_slice() {
+                b"ok" => true,
+                b"fail" => false,
+                _ => return Err(ApiError::protocol("expected payload 'ok' or 'fail'")),
+            };
+            Call::VolumeImportEnd(volume_arg(arg)?, ok)
+        }
         "admin.vm.Remove" => Call::Remove,
         "admin.vm.notes.Get" => Call::NotesGet,
         "admin.vm.notes.Set" => {
@@ -317,6 +480,16 @@ pub fn decode(app: &App, req: &Request) -> ApiResult<(Ctx, Call)> {
         }
     };
     Ok((Ctx { source, dest }, call))
+}
+
+fn volume_arg(arg: &str) -> ApiResult<String> {
+    if !VOLUME_NAMES.contains(&arg) {
+        return Err(ApiError::value(format!(
+            "no volume '{arg}' (volumes: {})",
+            VOLUME_NAMES.join(", ")
+        )));
+    }
+    Ok(arg.to_string())
 }
 
 fn prop_arg(arg: &str) -> ApiResult<String> {

@@ -205,9 +205,23 @@ pub struct Qube {
     /// Pool per volume chosen at creation (`admin.vm.CreateInPool`).
     #[serde(default)]
     pub pools: BTreeMap<String, String>,
+    /// Per-volume settings changed from the class defaults (size, revisions).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volumes: BTreeMap<String, VolumeSettings>,
     /// Runtime state, not persisted.
     #[serde(skip, default = "halted")]
     pub power: PowerState,
+}
+
+/// A volume's settings that differ from its class default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revisions_to_keep: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rw: Option<bool>,
 }
 
 fn halted() -> PowerState {
@@ -266,6 +280,7 @@ impl App {
                 tags: BTreeSet::new(),
                 notes: String::new(),
                 pools: BTreeMap::new(),
+                volumes: BTreeMap::new(),
                 power: PowerState::Running,
             },
         );

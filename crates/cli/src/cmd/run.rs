@@ -1,0 +1,142 @@
+//! `bulkhead run` / `qvm-run`: run a command in a qube (starting it if
+//! needed) through `qubes.VMExec`, as the qube's default user unless `-u`
+//! says otherwise, with stdin, stdout, stderr and the exit code passed
+//! through. `bulkhead run QUBE -- CMD ARG…` runs exactly that argv;
+//! `qvm-run QUBE 'shell command'` runs it with `/bin/sh -c`, as Qubes does.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::client::Client;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Run as this user (default: the qube's default_user).
+    #[arg(long, short = 'u')]
+    user: Option<String>,
+    /// Pass stdin, stdout and stderr (always on for `bulkhead run`).
+    #[arg(long, short = 'p')]
+    pass_io: bool,
+    /// Fail instead of starting a halted qube.
+    #[arg(long, short = 'n')]
+    no_autostart: bool,
+    /// Run the words as a shell command line (`sh -c`), as qvm-run does.
+    #[arg(long)]
+    shell: bool,
+    /// Set by the `qvm-run` name: Qubes' defaults (shell, no I/O unless -p).
+    #[arg(long, hide = true)]
+    qvm_run: bool,
+    /// The qube.
+    vm: String,
+    /// Command and arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// Encodes argv for `qubes.VMExec+ARG` (Qubes' encoding: `[A-Za-z0-9_.]`
+/// kept, `-` as `--`, other bytes as `-XX`, arguments joined by `+`).
+pub fn encode_vmexec(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            a.bytes()
+                .map(|c| match c {
+                    b'-' => "--".to_string(),
+                    c if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' => {
+                        (c as char).to_string()
+                    }
+                    c => format!("-{c:02X}"),
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+/// Returns the command's exit code.
+pub fn run(client: &Client, socket: &Path, a: Args) -> Result<u8> {
+    super::lookup(client, &a.vm)?;
+    let state = client.call("admin.vm.CurrentState", "", &a.vm, b"")?;
+    let running = state.contains("power_state=Running");
+    if !running {
+        if state.contains("power_state=Paused") {
+            anyhow::bail!(
+                "qube '{}' is paused; unpause it first (bulkhead unpause {})",
+                a.vm,
+                a.vm
+            );
+        }
+        if a.no_autostart {
+            anyhow::bail!(
+                "qube '{}' is not running (and --no-autostart was given)",
+                a.vm
+            );
+        }
+        if state.contains("power_state=Halted") {
+            client
+                .call("admin.vm.Start", "", &a.vm, b"")
+                .with_context(|| format!("cannot start '{}'", a.vm))?;
+        }
+    }
+    let user = match &a.user {
+        Some(u) => u.clone(),
+        None => client
+            .call("admin.vm.property.Get", "default_user", &a.vm, b"")?
+            .rsplit(' ')
+            .next()
+            .unwrap_or("user")
+            .to_string(),
+    };
+    let argv: Vec<String> = if a.shell || a.qvm_run {
+        vec!["/bin/sh".into(), "-c".into(), a.command.join(" ")]
+    } else {
+        a.command.clone()
+    };
+    let service = format!("QUBESRPC qubes.VMExec+{} dom0", encode_vmexec(&argv));
+    let link = socket
+        .parent()
+        .unwrap_or(Path::new("/run/bulkhead"))
+        .join(format!("qrexec.{}", a.vm));
+    // The link is ours (root-owned dir); its target is in the qube's channel
+    // and is opened without following symlinks by `guest::exec`.
+    let target = std::fs::read_link(&link).with_context(|| {
+        format!(
+            "qube '{}' has no qrexec link at {}; is it running?",
+            a.vm,
+            link.display()
+        )
+    })?;
+    let pass = a.pass_io || !a.qvm_run;
+    let code = if pass {
+        bulkhead_hal::guest::exec(
+            &target,
+            &user,
+            &service,
+            std::io::stdin(),
+            std::io::stdout(),
+            std::io::stderr(),
+        )
+    } else {
+        bulkhead_hal::guest::exec(
+            &target,
+            &user,
+            &service,
+            std::io::empty(),
+            std::io::sink(),
+            std::io::sink(),
+        )
+    }
+    .with_context(|| format!("running a command in '{}'", a.vm))?;
+    Ok(u8::try_from(code).unwrap_or(125))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn vmexec_encoding_matches_qubes() {
+        let a =
+            |v: &[&str]| super::encode_vmexec(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(a(&["ls", "-la", "/tmp"]), "ls+--la+-2Ftmp");
+        assert_eq!(a(&["echo", "a b"]), "echo+a-20b");
+    }
+}

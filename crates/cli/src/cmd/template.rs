@@ -1,0 +1,256 @@
+//! `bulkhead template build minimal`: builds a small TemplateVM from the
+//! host's static busybox (Debian's `busybox-static`) and Bulkhead's agent,
+//! without any network access, and imports it as the template's root
+//! volume (Qubes' import protocol: `internal.vm.volume.ImportBegin`, write
+//! the image, `ImportEnd`).
+
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::client::Client;
+use crate::exit::Code;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Action {
+    /// Build a template: `minimal` (busybox + agent, no network needed).
+    Build {
+        /// What to build.
+        kind: String,
+        /// Name of the TemplateVM (default: the kind).
+        #[arg(long)]
+        name: Option<String>,
+        /// Label of a newly created template.
+        #[arg(long, default_value = "black")]
+        label: String,
+        /// Static busybox to use.
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+        /// The agent binary (default: bulkhead-agent next to this program).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+    },
+}
+
+fn step(n: u32, total: u32, what: &str) {
+    eprintln!("[{n}/{total}] {what}");
+}
+
+pub fn run(client: &Client, a: Args) -> Result<Code> {
+    let Action::Build {
+        kind,
+        name,
+        label,
+        busybox,
+        agent,
+    } = a.action;
+    if kind != "minimal" {
+        bail!(
+            "unknown template '{kind}': this build can make 'minimal' (debian-12 is not built yet)"
+        );
+    }
+    let name = name.unwrap_or(kind);
+    super::check_name(&name)?;
+    let agent = match agent {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("bulkhead-agent"),
+    };
+    if !busybox.exists() {
+        bail!(
+            "{} not found; install it with `apt-get install busybox-static`",
+            busybox.display()
+        );
+    }
+    if !agent.exists() {
+        bail!(
+            "agent binary {} not found; build the workspace or pass --agent",
+            agent.display()
+        );
+    }
+    let t0 = Instant::now();
+    step(
+        1,
+        4,
+        "assembling the root tree (busybox, agent, qrexec services)",
+    );
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let root = dir.path().join("root");
+    minimal_tree(&root, &busybox, &agent)?;
+
+    step(2, 4, &format!("creating TemplateVM '{name}'"));
+    match super::lookup(client, &name) {
+        Ok(e) if e.class != "TemplateVM" => bail!(
+            "'{name}' exists and is a {}, not a TemplateVM; pick another --name",
+            e.class
+        ),
+        Ok(e) if e.state() != Some("Halted") => {
+            bail!("template '{name}' is running; shut it down first")
+        }
+        Ok(_) => eprintln!(
+            "      '{name}' exists; its root is replaced (the old one stays as a revision)"
+        ),
+        Err(_) => {
+            client.call(
+                "admin.vm.Create.TemplateVM",
+                "",
+                "dom0",
+                format!("name={name} label={label}").as_bytes(),
+            )?;
+        }
+    }
+
+    step(3, 4, "writing the root image (mkfs.ext4 -d)");
+    let begin = client.call("internal.vm.volume.ImportBegin", "root", &name, b"")?;
+    let (size, path) = begin
+        .split_once(' ')
+        .context("unexpected ImportBegin reply")?;
+    let size: u64 = size
+        .parse()
+        .context("unexpected size in ImportBegin reply")?;
+    let made = mkfs(Path::new(path), &root, size);
+    if let Err(e) = made {
+        let _ = client.call("internal.vm.volume.ImportEnd", "root", &name, b"fail");
+        return Err(e);
+    }
+    step(4, 4, "committing the image");
+    client.call("internal.vm.volume.ImportEnd", "root", &name, b"ok")?;
+    eprintln!(
+        "template '{name}' built in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(Code::Ok)
+}
+
+fn mkfs(image: &Path, tree: &Path, size: u64) -> Result<()> {
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0", "-L", "root"])
+        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .arg("-d")
+        .arg(tree)
+        .arg(image)
+        .arg(format!("{}k", size / 1024))
+        .output()
+        .context("cannot run mkfs.ext4; install e2fsprogs")?;
+    if !out.status.success() {
+        bail!(
+            "mkfs.ext4 failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn write(root: &Path, rel: &str, text: &str, mode: u32) -> Result<()> {
+    let p = root.join(rel);
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(&p, text).with_context(|| format!("write {}", p.display()))?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Copies a binary and the shared libraries `ldd` lists for it.
+fn install_binary(root: &Path, bin: &Path, dest: &str) -> Result<()> {
+    let target = root.join(dest.trim_start_matches('/'));
+    std::fs::create_dir_all(target.parent().unwrap_or(root))?;
+    std::fs::copy(bin, &target).with_context(|| format!("copy {}", bin.display()))?;
+    let out = Command::new("ldd")
+        .arg(bin)
+        .output()
+        .context("cannot run ldd")?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(lib) = line.split_whitespace().find(|w| w.starts_with('/')) {
+            let t = root.join(lib.trim_start_matches('/'));
+            std::fs::create_dir_all(t.parent().unwrap_or(root))?;
+            std::fs::copy(lib, &t).with_context(|| format!("copy {lib}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn minimal_tree(root: &Path, busybox: &Path, agent: &Path) -> Result<()> {
+    for (d, mode) in [
+        ("bin", 0o755),
+        ("sbin", 0o755),
+        ("usr/bin", 0o755),
+        ("usr/sbin", 0o755),
+        ("usr/local", 0o755),
+        ("etc/qubes-rpc", 0o755),
+        ("etc/skel", 0o755),
+        ("dev", 0o755),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("run", 0o755),
+        ("rw", 0o755),
+        ("home", 0o755),
+        ("root", 0o700),
+        ("tmp", 0o1777),
+        ("var/tmp", 0o1777),
+        ("var/log", 0o755),
+    ] {
+        let p = root.join(d);
+        std::fs::create_dir_all(&p)?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+    }
+    std::fs::copy(busybox, root.join("bin/busybox")).context("copy busybox")?;
+    let list = Command::new(busybox)
+        .arg("--list-full")
+        .output()
+        .context("busybox --list-full")?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let applet = applet.trim();
+        if applet.is_empty() || applet.contains("..") || applet == "bin/busybox" {
+            continue;
+        }
+        let link = root.join(applet);
+        if link.symlink_metadata().is_err() {
+            if let Some(d) = link.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            symlink("/bin/busybox", &link)?;
+        }
+    }
+    install_binary(root, agent, "/usr/bin/bulkhead-agent")?;
+    write(root, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n", 0o644)?;
+    write(
+        root,
+        "etc/group",
+        "root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n",
+        0o644,
+    )?;
+    write(root, "etc/os-release", "NAME=\"Bulkhead minimal\"\nID=bulkhead-minimal\nPRETTY_NAME=\"Bulkhead minimal template (busybox)\"\n", 0o644)?;
+    write(
+        root,
+        "etc/skel/.profile",
+        "export PS1='[\\u@\\h \\W]\\$ '\n",
+        0o644,
+    )?;
+    write(
+        root,
+        "etc/qubes-rpc/qubes.VMShell",
+        "#!/bin/sh\nexec /bin/sh\n",
+        0o755,
+    )?;
+    write(
+        root,
+        "etc/qubes-rpc/qubes.GetDate",
+        "#!/bin/sh\nexec date -u -Iseconds\n",
+        0o755,
+    )?;
+    // The agent binary serves VMExec itself when called by this name.
+    symlink(
+        "/usr/bin/bulkhead-agent",
+        root.join("etc/qubes-rpc/qubes.VMExec"),
+    )?;
+    Ok(())
+}

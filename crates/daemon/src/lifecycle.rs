@@ -1,0 +1,620 @@
+//! The qube lifecycle: start, shutdown, kill, pause, unpause, crash
+//! detection and re-adoption after a daemon restart.
+//!
+//! State machine (Qubes' power states; every other transition is refused
+//! with Qubes' exception):
+//!
+//! ```text
+//! Halted --Start--> Transient --agent ready--> Running <--Pause/Unpause--> Paused
+//! Running|Paused --Shutdown--> Halting --exit or shutdown_timeout+kill--> Halted
+//! any running state --Kill, or its processes die--> Halted
+//! ```
+//!
+//! One async lock per qube serialises operations on it; the backend's
+//! blocking calls and storage work run on the blocking pool. The power state
+//! lives in the published snapshot (set through the writer, not persisted),
+//! so queries never wait for a lifecycle operation.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bulkhead_hal::{Backend, Instance, InstanceRecord, QubeSpec, RunState};
+use bulkhead_proto::admin::Event;
+
+use crate::error::{ApiError, ApiResult, Exc};
+use crate::model::props::{self, Holder};
+use crate::model::{App, PowerState, Qube};
+use crate::server::Daemon;
+use crate::storage::Storage;
+
+/// The program every qube runs as PID 1.
+pub const GUEST_INIT: &str = "/usr/bin/bulkhead-agent";
+/// First host uid of qube ranges; qube `qid` gets `BASE + qid * RANGE`.
+pub const UID_BASE: u32 = 0x1000_0000;
+pub const UID_RANGE: u32 = 65536;
+/// Most processes in one qube.
+pub const MAX_PIDS: u32 = 4096;
+/// How often running qubes are checked for an unexpected exit.
+const MONITOR_PERIOD: Duration = Duration::from_millis(100);
+
+/// What the lifecycle needs from the host.
+pub struct Runtime {
+    pub storage: Storage,
+    backends: Vec<Box<dyn Backend>>,
+    run_dir: PathBuf,
+    log_dir: PathBuf,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// One-time tokens of `admin.vm.volume.CloneFrom`: token → (qube, volume).
+    pub clone_tokens: Mutex<HashMap<String, (String, String)>>,
+}
+
+/// A qube's runtime slot.
+#[derive(Default)]
+pub struct Slot {
+    inst: Option<Box<dyn Instance>>,
+}
+
+impl Runtime {
+    /// Sets up storage and backends; `nsinit` is the `ns` helper.
+    pub fn new(state_dir: &Path, run_dir: &Path, nsinit: PathBuf) -> std::io::Result<Runtime> {
+        let storage = Storage::open(state_dir, run_dir)?;
+        let log_dir = state_dir.join("logs");
+        std::fs::create_dir_all(&log_dir)?;
+        let backends = vec![bulkhead_hal::pick("ns", nsinit).map_err(std::io::Error::other)?];
+        Ok(Runtime {
+            storage,
+            backends,
+            run_dir: run_dir.to_path_buf(),
+            log_dir,
+            slots: Mutex::new(HashMap::new()),
+            clone_tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Every backend built in, for `bulkhead ls` and diagnostics.
+    pub fn backends(&self) -> &[Box<dyn Backend>] {
+        &self.backends
+    }
+
+    fn backend(&self, name: &str) -> Option<&dyn Backend> {
+        self.backends
+            .iter()
+            .find(|b| b.name() == name)
+            .map(|b| b.as_ref())
+    }
+
+    /// The lock of one qube's slot.
+    pub fn slot(&self, name: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Console log of a qube.
+    pub fn console_log(&self, name: &str) -> PathBuf {
+        self.log_dir.join(format!("console-{name}.log"))
+    }
+
+    /// `qrexec.<name>`: a link to the agent socket of a running qube (as
+    /// Qubes' qrexec-daemon makes them).
+    pub fn qrexec_link(&self, name: &str) -> PathBuf {
+        self.run_dir.join(format!("qrexec.{name}"))
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.storage.runtime_dir(name).join("instance.json")
+    }
+
+    fn save_record(&self, rec: &InstanceRecord) -> std::io::Result<()> {
+        let path = self.record_path(&rec.qube);
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)
+    }
+
+    fn spec(&self, app: &App, q: &Qube, prepared: crate::storage::Prepared) -> ApiResult<QubeSpec> {
+        let int = |p: &str| -> ApiResult<i64> {
+            Ok(props::value(app, Holder::Vm(&q.name), p)?
+                .as_int()
+                .unwrap_or(0))
+        };
+        let memory = int("memory")?;
+        let maxmem = int("maxmem")?;
+        let uid_base = q
+            .qid
+            .checked_mul(UID_RANGE)
+            .and_then(|o| o.checked_add(UID_BASE))
+            .filter(|b| b.checked_add(UID_RANGE).is_some())
+            .ok_or_else(|| {
+                ApiError::new(
+                    Exc::QubesVMError,
+                    format!("qid {} has no free uid range", q.qid),
+                )
+            })?;
+        Ok(QubeSpec {
+            name: q.name.clone(),
+            root: prepared.root,
+            binds: prepared.binds,
+            run_dir: self.storage.runtime_dir(&q.name).join("run"),
+            init: vec![GUEST_INIT.into()],
+            uid_base,
+            uid_count: UID_RANGE,
+            memory_mib: maxmem.max(memory).max(32) as u64,
+            vcpus: int("vcpus")?.clamp(1, 1024) as u32,
+            max_pids: MAX_PIDS,
+            log: self.console_log(&q.name),
+        })
+    }
+}
+
+fn not_halted(name: &str) -> ApiError {
+    ApiError::new(
+        Exc::QubesVMNotHaltedError,
+        format!("Domain is running: '{name}'; shut it down first"),
+    )
+}
+
+fn not_started(name: &str) -> ApiError {
+    ApiError::new(
+        Exc::QubesVMNotStartedError,
+        format!("Domain is powered off: '{name}'"),
+    )
+}
+
+fn event(subject: &str, name: &str, kwargs: Vec<(String, String)>) -> Event {
+    Event {
+        subject: subject.to_string(),
+        event: name.to_string(),
+        kwargs,
+    }
+}
+
+fn hal_err(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(Exc::QubesVMError, e.to_string())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(Exc::QubesException, format!("internal task failed: {e}")))
+}
+
+impl Daemon {
+    fn rt(&self) -> ApiResult<&Arc<Runtime>> {
+        self.runtime().ok_or_else(|| {
+            ApiError::new(
+                Exc::QubesException,
+                "this bulkheadd runs without a qube runtime (--no-runtime); it cannot run qubes",
+            )
+        })
+    }
+
+    /// `admin.vm.Start`: returns once the qube's agent answers.
+    pub async fn vm_start(self: &Arc<Self>, name: &str) -> ApiResult<()> {
+        let rt = self.rt()?.clone();
+        let slot = rt.slot(name);
+        let mut guard = slot.lock().await;
+        let app = self.snapshot();
+        let q = app.vm(name)?.clone();
+        if q.class == crate::model::Class::AdminVM {
+            return Err(ApiError::new(
+                Exc::QubesVMError,
+                "dom0 is the host; it is always running",
+            ));
+        }
+        if guard.inst.is_some() || q.power != PowerState::Halted {
+            return Err(not_halted(name));
+        }
+        let mode = props::value(&app, Holder::Vm(name), "virt_mode")?
+            .as_str()
+            .unwrap_or("vm")
+            .to_string();
+        if rt.backend(&mode).is_none() {
+            return Err(ApiError::new(
+                Exc::QubesVMError,
+                format!(
+                    "qube '{name}' has virt_mode={mode}, which this build cannot run yet; \
+                     use the namespace backend: `bulkhead prefs {name} virt_mode ns` \
+                     (or `bulkhead global-prefs default_virt_mode ns`)"
+                ),
+            ));
+        }
+        let timeout = props::value(&app, Holder::Vm(name), "qrexec_timeout")?
+            .as_int()
+            .unwrap_or(60)
+            .clamp(1, 3600) as u64;
+        self.emit(event(name, "domain-pre-start", vec![]));
+        self.set_power(name, PowerState::Transient).await?;
+        let (rt2, app2, q2) = (rt.clone(), app.clone(), q.clone());
+        let started = blocking(move || -> ApiResult<Box<dyn Instance>> {
+            let prepared = rt2.storage.start(&app2, &q2).map_err(|e| {
+                ApiError::new(Exc::StoragePoolException, e.to_string())
+            })?;
+            let spec = match rt2.spec(&app2, &q2, prepared) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = rt2.storage.stop(&app2, &q2);
+                    return Err(e);
+                }
+            };
+            let backend = rt2.backend(&mode).ok_or_else(|| hal_err("backend vanished"))?;
+            let mut inst = match backend.start(&spec) {
+                Ok(i) => i,
+                Err(e) => {
+                    let _ = rt2.storage.stop(&app2, &q2);
+                    return Err(hal_err(e));
+                }
+            };
+            if let Err(e) =
+                bulkhead_hal::guest::wait_ready(&inst.agent_socket(), Duration::from_secs(timeout))
+            {
+                let _ = inst.kill();
+                drop(inst);
+                let _ = rt2.storage.stop(&app2, &q2);
+                return Err(ApiError::new(
+                    Exc::QubesVMError,
+                    format!(
+                        "Cannot connect to qrexec agent of '{}' for {timeout} seconds ({e}); see {}",
+                        q2.name,
+                        spec.log.display()
+                    ),
+                ));
+            }
+            let link = rt2.qrexec_link(&q2.name);
+            let _ = std::fs::remove_file(&link);
+            let _ = std::os::unix::fs::symlink(inst.agent_socket(), &link);
+            if let Err(e) = rt2.save_record(&inst.record()) {
+                tracing::warn!("qube '{}': cannot save its instance record ({e}); a daemon restart will not re-adopt it", q2.name);
+            }
+            Ok(inst)
+        })
+        .await
+        .and_then(|r| r);
+        match started {
+            Ok(inst) => {
+                guard.inst = Some(inst);
+                drop(guard);
+                self.set_power(name, PowerState::Running).await?;
+                self.emit(event(
+                    name,
+                    "domain-start",
+                    vec![("start_guid".into(), "True".into())],
+                ));
+                self.clone().monitor(name.to_string());
+                Ok(())
+            }
+            Err(e) => {
+                drop(guard);
+                let _ = self.set_power(name, PowerState::Halted).await;
+                self.emit(event(
+                    name,
+                    "domain-start-failed",
+                    vec![("reason".into(), e.message.clone())],
+                ));
+                tracing::warn!("qube '{name}' failed to start: {}", e.message);
+                Err(e)
+            }
+        }
+    }
+
+    /// Watches a running qube; when it stops by itself, cleans up and says so.
+    fn monitor(self: Arc<Self>, name: String) {
+        tokio::spawn(async move {
+            let Some(rt) = self.runtime().cloned() else {
+                return;
+            };
+            let slot = rt.slot(&name);
+            loop {
+                tokio::time::sleep(MONITOR_PERIOD).await;
+                let mut g = slot.lock().await;
+                let Some(inst) = g.inst.as_mut() else {
+                    return; // stopped by someone else, who cleaned up
+                };
+                if let RunState::Exited(code) = inst.state() {
+                    tracing::warn!(
+                        "qube '{name}' stopped unexpectedly (init exit status {code}); see {}",
+                        rt.console_log(&name).display()
+                    );
+                    self.finish(&rt, &name, &mut g).await;
+                    return;
+                }
+            }
+        });
+    }
+
+    /// After a qube's processes are gone: storage stop, power Halted, events.
+    async fn finish(&self, rt: &Arc<Runtime>, name: &str, slot: &mut Slot) {
+        slot.inst = None;
+        let app = self.snapshot();
+        if let Ok(q) = app.vm(name) {
+            let (rt2, app2, q2) = (rt.clone(), app.clone(), q.clone());
+            let r = blocking(move || {
+                let _ = std::fs::remove_file(rt2.qrexec_link(&q2.name));
+                let _ = std::fs::remove_file(rt2.record_path(&q2.name));
+                rt2.storage.stop(&app2, &q2)
+            })
+            .await;
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("qube '{name}': stopping its storage failed: {e}; it is retried at the next start"),
+                Err(e) => tracing::error!("qube '{name}': {e}"),
+            }
+        }
+        let _ = self.set_power(name, PowerState::Halted).await;
+        self.emit(event(name, "domain-shutdown", vec![]));
+        self.emit(event(name, "domain-stopped", vec![]));
+    }
+
+    /// `admin.vm.Shutdown[+force][+wait]`.
+    pub async fn vm_shutdown(
+        self: &Arc<Self>,
+        name: &str,
+        force: bool,
+        wait: bool,
+    ) -> ApiResult<()> {
+        let rt = self.rt()?.clone();
+        let app = self.snapshot();
+        let q = app.vm(name)?;
+        if q.power == PowerState::Halted {
+            return Err(not_started(name));
+        }
+        if !force {
+            let users: Vec<String> = app
+                .qubes
+                .values()
+                .filter(|o| o.power != PowerState::Halted && o.name != name)
+                .filter(|o| {
+                    props::value(&app, Holder::Vm(&o.name), "netvm")
+                        .ok()
+                        .and_then(|v| v.as_vm().map(|n| n == name))
+                        .unwrap_or(false)
+                })
+                .map(|o| o.name.clone())
+                .collect();
+            if !users.is_empty() {
+                return Err(ApiError::new(
+                    Exc::QubesVMError,
+                    format!(
+                        "There are other VMs connected to this VM: {}; shut them down first or use --force",
+                        users.join(", ")
+                    ),
+                ));
+            }
+        }
+        let timeout = props::value(&app, Holder::Vm(name), "shutdown_timeout")?
+            .as_int()
+            .unwrap_or(60)
+            .clamp(0, 3600) as u64;
+        let slot = rt.slot(name);
+        {
+            let mut g = slot.lock().await;
+            let Some(inst) = g.inst.as_mut() else {
+                return Err(not_started(name));
+            };
+            self.emit(event(name, "domain-pre-shutdown", vec![]));
+            if matches!(inst.state(), RunState::Paused) {
+                inst.unpause().map_err(hal_err)?;
+            }
+            inst.request_shutdown().map_err(hal_err)?;
+        }
+        self.set_power(name, PowerState::Halting).await?;
+        let d = self.clone();
+        let name2 = name.to_string();
+        let waiter = tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(timeout);
+            loop {
+                {
+                    let mut g = slot.lock().await;
+                    let Some(inst) = g.inst.as_mut() else {
+                        return Ok(()); // killed meanwhile
+                    };
+                    if let RunState::Exited(_) = inst.state() {
+                        d.finish(&rt, &name2, &mut g).await;
+                        return Ok(());
+                    }
+                    if Instant::now() >= deadline {
+                        tracing::warn!(
+                            "qube '{name2}' did not shut down within {timeout} s; killing it"
+                        );
+                        let mut inst = g.inst.take();
+                        let killed = blocking(move || inst.as_mut().map(|i| i.kill())).await;
+                        d.finish(&rt, &name2, &mut g).await;
+                        if let Ok(Some(Err(e))) = killed {
+                            return Err(hal_err(e));
+                        }
+                        return Err(ApiError::new(
+                            Exc::QubesVMShutdownTimeoutError,
+                            format!(
+                                "Domain shutdown timed out: '{name2}' (killed after {timeout} s)"
+                            ),
+                        ));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        if wait {
+            waiter
+                .await
+                .map_err(|e| ApiError::new(Exc::QubesException, e.to_string()))??;
+        }
+        Ok(())
+    }
+
+    /// `admin.vm.Kill`.
+    pub async fn vm_kill(self: &Arc<Self>, name: &str) -> ApiResult<()> {
+        let rt = self.rt()?.clone();
+        self.snapshot().vm(name)?;
+        let slot = rt.slot(name);
+        let mut g = slot.lock().await;
+        let Some(mut inst) = g.inst.take() else {
+            return Err(not_started(name));
+        };
+        let r = blocking(move || inst.kill()).await?;
+        self.finish(&rt, name, &mut g).await;
+        r.map(|_| ()).map_err(hal_err)
+    }
+
+    /// `admin.vm.Pause` / `admin.vm.Unpause`.
+    pub async fn vm_pause(self: &Arc<Self>, name: &str, pause: bool) -> ApiResult<()> {
+        let rt = self.rt()?.clone();
+        let q_power = self.snapshot().vm(name)?.power;
+        let slot = rt.slot(name);
+        let mut g = slot.lock().await;
+        let Some(inst) = g.inst.as_mut() else {
+            return Err(not_started(name));
+        };
+        match (pause, q_power) {
+            (true, PowerState::Running) => inst.pause().map_err(hal_err)?,
+            (false, PowerState::Paused) => inst.unpause().map_err(hal_err)?,
+            (true, _) => {
+                return Err(ApiError::new(
+                    Exc::QubesVMNotRunningError,
+                    format!("Domain is not running: '{name}' (it is {})", q_power.name()),
+                ))
+            }
+            (false, _) => {
+                return Err(ApiError::new(
+                    Exc::QubesVMNotPausedError,
+                    format!("Domain is not paused: '{name}'"),
+                ))
+            }
+        }
+        let _ = rt.save_record(&inst.record());
+        drop(g);
+        let (state, ev) = if pause {
+            (PowerState::Paused, "domain-paused")
+        } else {
+            (PowerState::Running, "domain-unpaused")
+        };
+        self.set_power(name, state).await?;
+        self.emit(event(name, ev, vec![]));
+        Ok(())
+    }
+
+    /// At daemon start: re-adopts qubes that kept running, cleans up after
+    /// those that died meanwhile, then starts `autostart` qubes.
+    pub async fn recover_and_autostart(self: &Arc<Self>) {
+        let Some(rt) = self.runtime().cloned() else {
+            return;
+        };
+        let app = self.snapshot();
+        for q in app
+            .qubes
+            .values()
+            .filter(|q| q.class != crate::model::Class::AdminVM)
+        {
+            let path = rt.record_path(&q.name);
+            let rec: Option<InstanceRecord> = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let adopted = rec.and_then(|rec| {
+                let backend = rt.backend(&rec.backend)?;
+                match backend.adopt(&rec) {
+                    Ok(i) => Some(i),
+                    Err(e) => {
+                        tracing::warn!("{e}; cleaning up after it");
+                        None
+                    }
+                }
+            });
+            match adopted {
+                Some(mut inst) => {
+                    let paused = matches!(inst.state(), RunState::Paused);
+                    rt.slot(&q.name).lock().await.inst = Some(inst);
+                    let state = if paused {
+                        PowerState::Paused
+                    } else {
+                        PowerState::Running
+                    };
+                    let _ = self.set_power(&q.name, state).await;
+                    tracing::info!("re-adopted running qube '{}'", q.name);
+                    self.clone().monitor(q.name.clone());
+                }
+                None => {
+                    let (rt2, app2, q2) = (rt.clone(), app.clone(), q.clone());
+                    let r = blocking(move || {
+                        let _ = std::fs::remove_file(rt2.record_path(&q2.name));
+                        let _ = std::fs::remove_file(rt2.qrexec_link(&q2.name));
+                        rt2.storage.stop(&app2, &q2)
+                    })
+                    .await;
+                    if let Ok(Err(e)) = r {
+                        tracing::error!("qube '{}': cleaning up its storage failed: {e}", q.name);
+                    }
+                }
+            }
+        }
+        let auto: Vec<String> = app
+            .qubes
+            .values()
+            .filter(|q| {
+                props::value(&app, Holder::Vm(&q.name), "autostart")
+                    .map(|v| v.as_bool())
+                    .unwrap_or(false)
+            })
+            .map(|q| q.name.clone())
+            .collect();
+        for name in auto {
+            if self.snapshot().vm(&name).map(|q| q.power) != Ok(PowerState::Halted) {
+                continue;
+            }
+            match self.vm_start(&name).await {
+                Ok(()) => tracing::info!("autostarted '{name}'"),
+                Err(e) => tracing::error!("autostart of '{name}' failed: {}", e.message),
+            }
+        }
+    }
+
+    /// At daemon exit: leaves every qube running for the next daemon.
+    pub async fn detach_all(&self) {
+        let Some(rt) = self.runtime().cloned() else {
+            return;
+        };
+        let slots: Vec<_> = rt
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for s in slots {
+            if let Some(inst) = s.lock().await.inst.as_mut() {
+                inst.detach();
+            }
+        }
+    }
+
+    /// Whether a qube's slot holds a running instance (for volume operations).
+    pub async fn with_halted<T>(
+        self: &Arc<Self>,
+        name: &str,
+        f: impl FnOnce(&Runtime, &App, &Qube) -> ApiResult<T> + Send + 'static,
+    ) -> ApiResult<T>
+    where
+        T: Send + 'static,
+    {
+        let rt = self.rt()?.clone();
+        let slot = rt.slot(name);
+        let g = slot.lock().await;
+        let app = self.snapshot();
+        let q = app.vm(name)?.clone();
+        if g.inst.is_some() || q.power != PowerState::Halted {
+            return Err(not_halted(name));
+        }
+        let r = blocking(move || f(&rt, &app, &q)).await?;
+        drop(g);
+        r
+    }
+}

@@ -1,0 +1,639 @@
+//! The `file-reflink` driver: images, revisions, start/stop, import, clone.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use bulkhead_hal::{Bind, RootFs};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use super::{volumes, StorageError, VolumeConf};
+use crate::model::{App, Class, Qube};
+
+/// The default pool and where running qubes' volumes are mounted.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    pool: PathBuf,
+    /// `<run_dir>/qubes`: per-qube mount points.
+    mounts: PathBuf,
+    reflink: bool,
+}
+
+/// A started qube's file systems, as the backend wants them.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub root: RootFs,
+    pub binds: Vec<Bind>,
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Renames `from` over `to` durably (file fsynced before, dir after).
+fn commit_rename(from: &Path, to: &Path) -> io::Result<()> {
+    OpenOptions::new().write(true).open(from)?.sync_all()?;
+    fs::rename(from, to)?;
+    fsync_dir(to.parent().unwrap_or(Path::new("/")))
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let Ok(mi) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    mi.lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|m| m == want))
+}
+
+impl Storage {
+    /// Opens (creating) the default pool under `state_dir` and the mount area
+    /// under `run_dir`.
+    pub fn open(state_dir: &Path, run_dir: &Path) -> io::Result<Storage> {
+        let pool = super::pool_dir(state_dir, "default");
+        for d in ["appvms", "vm-templates"] {
+            fs::create_dir_all(pool.join(d))?;
+        }
+        let mounts = run_dir.join("qubes");
+        fs::create_dir_all(&mounts)?;
+        let reflink = bulkhead_sys::fs::supports_reflink(&pool);
+        Ok(Storage {
+            pool,
+            mounts,
+            reflink,
+        })
+    }
+
+    /// The default pool's directory.
+    pub fn pool_path(&self) -> &Path {
+        &self.pool
+    }
+
+    /// Whether clones and snapshots share blocks here.
+    pub fn reflink(&self) -> bool {
+        self.reflink
+    }
+
+    /// `appvms/<name>` or `vm-templates/<name>` (Qubes' vid prefix).
+    pub fn vid_dir(q: &Qube) -> String {
+        let kind = if q.class == Class::TemplateVM {
+            "vm-templates"
+        } else {
+            "appvms"
+        };
+        format!("{kind}/{}", q.name)
+    }
+
+    pub fn qube_dir(&self, q: &Qube) -> PathBuf {
+        self.pool.join(Self::vid_dir(q))
+    }
+
+    /// The committed image of a volume.
+    pub fn clean(&self, q: &Qube, vol: &str) -> PathBuf {
+        self.qube_dir(q).join(format!("{vol}.img"))
+    }
+
+    fn dirty(&self, q: &Qube, vol: &str) -> PathBuf {
+        self.qube_dir(q).join(format!("{vol}-dirty.img"))
+    }
+
+    fn import_path(&self, q: &Qube, vol: &str) -> PathBuf {
+        self.qube_dir(q).join(format!("{vol}-import.img"))
+    }
+
+    /// Where a running qube's volume is mounted on the host.
+    pub fn mount_point(&self, name: &str, vol: &str) -> PathBuf {
+        self.mounts.join(name).join("vol").join(vol)
+    }
+
+    /// Per-qube runtime dir (backend scratch space, instance record).
+    pub fn runtime_dir(&self, name: &str) -> PathBuf {
+        self.mounts.join(name)
+    }
+
+    /// Revision numbers of a volume, oldest first.
+    pub fn revisions(&self, q: &Qube, vol: &str) -> Vec<u64> {
+        let prefix = format!("{vol}.img.");
+        let mut v: Vec<u64> = fs::read_dir(self.qube_dir(q))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix(&prefix)?.parse().ok())
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn revision_path(&self, q: &Qube, vol: &str, n: u64) -> PathBuf {
+        self.qube_dir(q).join(format!("{vol}.img.{n}"))
+    }
+
+    /// Whether a volume has a committed image.
+    pub fn exists(&self, q: &Qube, vol: &str) -> bool {
+        self.clean(q, vol).exists()
+    }
+
+    /// Bytes actually allocated by a volume's clean image.
+    pub fn usage(&self, q: &Qube, vol: &str) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(self.clean(q, vol))
+            .map(|m| m.blocks() * 512)
+            .unwrap_or(0)
+    }
+
+    /// Makes the current clean image a new revision, prunes old ones to
+    /// `keep`, and puts `new` in its place.
+    fn commit(&self, q: &Qube, c: &VolumeConf, new: &Path) -> Result<(), StorageError> {
+        let clean = self.clean(q, c.name);
+        let e = err(q, c.name);
+        if c.revisions_to_keep > 0 && clean.exists() {
+            let n = self.revisions(q, c.name).last().copied().unwrap_or(0) + 1;
+            let rev = self.revision_path(q, c.name, n);
+            fs::hard_link(&clean, &rev).map_err(e("keep a revision as", &rev))?;
+        }
+        commit_rename(new, &clean).map_err(e("commit", &clean))?;
+        self.prune(q, c.name, c.revisions_to_keep.max(0) as usize);
+        Ok(())
+    }
+
+    fn prune(&self, q: &Qube, vol: &str, keep: usize) {
+        let revs = self.revisions(q, vol);
+        let excess = revs.len().saturating_sub(keep);
+        for n in &revs[..excess] {
+            let _ = fs::remove_file(self.revision_path(q, vol, *n));
+        }
+    }
+
+    /// Copies (reflink or data extents) `src` to a new `dst`.
+    fn clone_image(&self, src: &Path, dst: &Path) -> io::Result<()> {
+        let s = File::open(src)?;
+        let _ = fs::remove_file(dst);
+        let d = OpenOptions::new().write(true).create_new(true).open(dst)?;
+        bulkhead_sys::fs::clone_file(&s, &d)?;
+        d.sync_all()
+    }
+
+    /// Creates an empty ext4 image of `size` bytes at `path`.
+    pub fn mkfs(path: &Path, size: u64, label: &str) -> io::Result<()> {
+        let _ = fs::remove_file(path);
+        let f = OpenOptions::new().write(true).create_new(true).open(path)?;
+        f.set_len(size)?;
+        drop(f);
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0", "-L", label])
+            .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+            .arg(path)
+            .output()
+            .map_err(|e| {
+                io::Error::other(format!("cannot run mkfs.ext4 (install e2fsprogs): {e}"))
+            })?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "mkfs.ext4 failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    fn mount_image(&self, img: &Path, at: &Path, rw: bool) -> io::Result<()> {
+        let _ = umount2(at, MntFlags::MNT_DETACH);
+        fs::create_dir_all(at)?;
+        let dev = bulkhead_sys::loopdev::attach(img, !rw)?;
+        let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME;
+        if !rw {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        // noinit_itable: no background zeroing of inode tables, which would
+        // fill the sparse image for nothing.
+        mount(
+            Some(&dev.path),
+            at,
+            Some("ext4"),
+            flags,
+            Some("noinit_itable"),
+        )
+        .map_err(|e| {
+            io::Error::other(format!(
+                "mount {} on {}: {e}",
+                dev.path.display(),
+                at.display()
+            ))
+        })?;
+        // The mount holds the device now; with autoclear it goes when unmounted.
+        drop(dev);
+        Ok(())
+    }
+
+    /// Prepares every volume of `q` for a start and mounts them.
+    pub fn start(&self, app: &App, q: &Qube) -> Result<Prepared, StorageError> {
+        let dir = self.qube_dir(q);
+        fs::create_dir_all(&dir).map_err(err(q, "*")("create", &dir))?;
+        let mut root = None;
+        let mut private_mnt = None;
+        let mut volatile_mnt = None;
+        let result = (|| {
+            for c in volumes(app, q) {
+                let e = err(q, c.name);
+                let at = self.mount_point(&q.name, c.name);
+                let image = match (c.snap_on_start, c.save_on_stop) {
+                    (true, _) => {
+                        // A snapshot of the source's clean image, pinned by a hard link.
+                        let (sq, sv) = c.source.clone().ok_or_else(|| StorageError::Invalid {
+                            qube: q.name.clone(),
+                            volume: c.name.into(),
+                            message:
+                                "has no template to take its snapshot from; set the qube's template"
+                                    .into(),
+                        })?;
+                        let src_q = app.qubes.get(&sq).ok_or_else(|| StorageError::Invalid {
+                            qube: q.name.clone(),
+                            volume: c.name.into(),
+                            message: format!("its source qube '{sq}' does not exist"),
+                        })?;
+                        let src = self.clean(src_q, sv);
+                        if !src.exists() {
+                            return Err(StorageError::Invalid {
+                                qube: q.name.clone(),
+                                volume: c.name.into(),
+                                message: format!(
+                                    "source {sq}:{sv} has no image yet ({}); build or import it first (e.g. `bulkhead template build minimal`)",
+                                    src.display()
+                                ),
+                            });
+                        }
+                        let snap = self.clean(q, c.name);
+                        let tmp = dir.join(format!("{}-snap.tmp", c.name));
+                        let _ = fs::remove_file(&tmp);
+                        fs::hard_link(&src, &tmp).map_err(e("snapshot", &src))?;
+                        fs::rename(&tmp, &snap).map_err(e("snapshot", &snap))?;
+                        if c.name == "private" {
+                            // A disposable's private is writable but thrown
+                            // away: its own copy.
+                            let dirty = self.dirty(q, c.name);
+                            self.clone_image(&snap, &dirty).map_err(e("copy", &snap))?;
+                            dirty
+                        } else {
+                            snap
+                        }
+                    }
+                    (false, true) => {
+                        let clean = self.clean(q, c.name);
+                        let dirty = self.dirty(q, c.name);
+                        if !clean.exists() && !dirty.exists() {
+                            if c.name == "root" {
+                                return Err(StorageError::Invalid {
+                                    qube: q.name.clone(),
+                                    volume: c.name.into(),
+                                    message: format!(
+                                        "no root image at {}; build or import one first",
+                                        clean.display()
+                                    ),
+                                });
+                            }
+                            let tmp = self.import_path(q, c.name);
+                            Storage::mkfs(&tmp, c.size, c.name).map_err(e("create", &tmp))?;
+                            commit_rename(&tmp, &clean).map_err(e("create", &clean))?;
+                        }
+                        if dirty.exists() {
+                            // Left by a run that was never committed (host
+                            // crash): keep using it, nothing is lost.
+                            dirty
+                        } else if c.revisions_to_keep > 0 {
+                            self.clone_image(&clean, &dirty)
+                                .map_err(e("copy", &clean))?;
+                            dirty
+                        } else {
+                            clean
+                        }
+                    }
+                    (false, false) => {
+                        let img = self.dirty(q, c.name);
+                        Storage::mkfs(&img, c.size, c.name).map_err(e("create", &img))?;
+                        img
+                    }
+                };
+                let rw = c.rw && !(c.snap_on_start && c.name == "root");
+                self.mount_image(&image, &at, rw)
+                    .map_err(e("mount", &image))?;
+                match c.name {
+                    "root" => root = Some((at, c.snap_on_start)),
+                    "private" => private_mnt = Some(at),
+                    _ => volatile_mnt = Some(at),
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = self.stop(app, q);
+            return Err(e);
+        }
+        let e = err(q, "*");
+        let (root_at, overlay) = root.ok_or_else(|| StorageError::Invalid {
+            qube: q.name.clone(),
+            volume: "root".into(),
+            message: "this qube has no root volume".into(),
+        })?;
+        let root = if overlay {
+            let vol = volatile_mnt.ok_or_else(|| StorageError::Invalid {
+                qube: q.name.clone(),
+                volume: "volatile".into(),
+                message: "an overlay root needs a volatile volume".into(),
+            })?;
+            let (upper, work) = (vol.join("root-upper"), vol.join("root-work"));
+            for d in [&upper, &work] {
+                fs::create_dir_all(d).map_err(e("create", d))?;
+            }
+            RootFs::Overlay {
+                lower: root_at,
+                upper,
+                work,
+            }
+        } else {
+            RootFs::Direct { path: root_at }
+        };
+        let mut binds = Vec::new();
+        if let Some(p) = private_mnt {
+            // Qubes' layout: the private volume at /rw, /rw/home at /home,
+            // /rw/usrlocal at /usr/local.
+            for sub in ["home", "usrlocal"] {
+                let d = p.join(sub);
+                if fs::symlink_metadata(&d).is_err() {
+                    fs::create_dir(&d).map_err(e("create", &d))?;
+                }
+            }
+            binds.push(Bind {
+                src: p.clone(),
+                dst: "/rw".into(),
+                read_only: false,
+            });
+            binds.push(Bind {
+                src: p.join("home"),
+                dst: "/home".into(),
+                read_only: false,
+            });
+            binds.push(Bind {
+                src: p.join("usrlocal"),
+                dst: "/usr/local".into(),
+                read_only: false,
+            });
+        }
+        Ok(Prepared { root, binds })
+    }
+
+    /// Unmounts and commits or discards every volume of a qube that is not
+    /// running. Idempotent: also cleans up after a crash.
+    pub fn stop(&self, app: &App, q: &Qube) -> Result<(), StorageError> {
+        let mut first_err = None;
+        for c in volumes(app, q) {
+            let at = self.mount_point(&q.name, c.name);
+            if let Err(e) = unmount(&at) {
+                first_err.get_or_insert(StorageError::Io {
+                    qube: q.name.clone(),
+                    volume: c.name.into(),
+                    what: "unmount",
+                    path: at.clone(),
+                    source: e,
+                });
+                continue;
+            }
+            let dirty = self.dirty(q, c.name);
+            let r = match (c.snap_on_start, c.save_on_stop) {
+                (false, true) if dirty.exists() => self.commit(q, &c, &dirty),
+                (false, true) => Ok(()),
+                // Snapshots and volatile data are thrown away.
+                _ => {
+                    let _ = fs::remove_file(&dirty);
+                    if c.snap_on_start {
+                        let _ = fs::remove_file(self.clean(q, c.name));
+                    }
+                    Ok(())
+                }
+            };
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a running AppVM's root snapshot is older than its template's
+    /// current root.
+    pub fn is_outdated(&self, app: &App, q: &Qube, vol: &str) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(c) = volumes(app, q).into_iter().find(|c| c.name == vol) else {
+            return false;
+        };
+        let Some((sq, sv)) = c.source else {
+            return false;
+        };
+        let Some(src_q) = app.qubes.get(&sq) else {
+            return false;
+        };
+        match (
+            fs::metadata(self.clean(q, vol)),
+            fs::metadata(self.clean(src_q, sv)),
+        ) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) != (b.dev(), b.ino()),
+            _ => false,
+        }
+    }
+
+    /// Makes revision `rev` the current image (qube halted); the current one
+    /// becomes a revision, so a revert can itself be reverted.
+    pub fn revert(&self, app: &App, q: &Qube, vol: &str, rev: u64) -> Result<(), StorageError> {
+        let c = conf(app, q, vol)?;
+        let e = err(q, vol);
+        let src = self.revision_path(q, vol, rev);
+        if !src.exists() {
+            return Err(StorageError::Invalid {
+                qube: q.name.clone(),
+                volume: vol.into(),
+                message: format!(
+                    "no revision {rev} (have: {:?}); list them with `bulkhead volume revisions {}:{vol}`",
+                    self.revisions(q, vol),
+                    q.name
+                ),
+            });
+        }
+        let tmp = self.import_path(q, vol);
+        let _ = fs::remove_file(&tmp);
+        fs::hard_link(&src, &tmp).map_err(e("revert from", &src))?;
+        // Keep at least one more revision so the reverted-from image stays.
+        let keep = VolumeConf {
+            revisions_to_keep: c.revisions_to_keep.max(1) + 1,
+            ..c
+        };
+        self.commit(q, &keep, &tmp)?;
+        let _ = fs::remove_file(&src);
+        Ok(())
+    }
+
+    /// Grows a halted qube's volume to `size` bytes (file and file system).
+    pub fn resize(&self, app: &App, q: &Qube, vol: &str, size: u64) -> Result<(), StorageError> {
+        let c = conf(app, q, vol)?;
+        let inv = |message: String| StorageError::Invalid {
+            qube: q.name.clone(),
+            volume: vol.into(),
+            message,
+        };
+        if size < c.size {
+            return Err(inv(format!(
+                "shrinking from {} to {size} bytes is not supported (data would be lost)",
+                c.size
+            )));
+        }
+        if size > super::MAX_SIZE {
+            return Err(inv(format!(
+                "{size} bytes is over the {} byte limit",
+                super::MAX_SIZE
+            )));
+        }
+        if c.snap_on_start || !c.save_on_stop {
+            // Nothing on disk to grow: the new size applies at the next start.
+            return Ok(());
+        }
+        let clean = self.clean(q, vol);
+        if !clean.exists() {
+            return Ok(());
+        }
+        let e = err(q, vol);
+        // Grow a copy and commit it: a failure leaves the old image untouched.
+        let tmp = self.import_path(q, vol);
+        self.clone_image(&clean, &tmp).map_err(e("copy", &clean))?;
+        OpenOptions::new()
+            .write(true)
+            .open(&tmp)
+            .and_then(|f| f.set_len(size))
+            .map_err(e("grow", &tmp))?;
+        for (prog, args) in [("e2fsck", &["-f", "-p"][..]), ("resize2fs", &[][..])] {
+            let out = Command::new(prog)
+                .args(args)
+                .arg(&tmp)
+                .output()
+                .map_err(e("run e2fsprogs on", &tmp))?;
+            // e2fsck: 1 means "errors corrected", still fine.
+            let ok = out.status.success() || (prog == "e2fsck" && out.status.code() == Some(1));
+            if !ok {
+                let _ = fs::remove_file(&tmp);
+                return Err(inv(format!(
+                    "{prog} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        self.commit(q, &c, &tmp)
+    }
+
+    /// Starts an import: an empty file at the import path, for the caller
+    /// to fill; returns the path.
+    pub fn import_begin(&self, q: &Qube, vol: &str) -> Result<PathBuf, StorageError> {
+        let dir = self.qube_dir(q);
+        fs::create_dir_all(&dir).map_err(err(q, vol)("create", &dir))?;
+        let p = self.import_path(q, vol);
+        let _ = fs::remove_file(&p);
+        File::create(&p).map_err(err(q, vol)("create", &p))?;
+        Ok(p)
+    }
+
+    /// Ends an import: commits the image as the new clean one, or drops it.
+    pub fn import_end(&self, app: &App, q: &Qube, vol: &str, ok: bool) -> Result<(), StorageError> {
+        let p = self.import_path(q, vol);
+        if !ok {
+            let _ = fs::remove_file(&p);
+            return Ok(());
+        }
+        if !p.exists() {
+            return Err(StorageError::Invalid {
+                qube: q.name.clone(),
+                volume: vol.into(),
+                message: "no import in progress".into(),
+            });
+        }
+        let c = conf(app, q, vol)?;
+        self.commit(q, &c, &p)
+    }
+
+    /// Copies `src`'s clean image of `vol` to `dst` (a halted qube) as its new
+    /// clean image: O(1) with reflinks.
+    pub fn clone_volume(
+        &self,
+        app: &App,
+        src: &Qube,
+        dst: &Qube,
+        vol: &str,
+    ) -> Result<(), StorageError> {
+        let from = self.clean(src, vol);
+        if !from.exists() {
+            return Ok(());
+        }
+        let dir = self.qube_dir(dst);
+        fs::create_dir_all(&dir).map_err(err(dst, vol)("create", &dir))?;
+        let tmp = self.import_path(dst, vol);
+        self.clone_image(&from, &tmp)
+            .map_err(err(dst, vol)("copy", &from))?;
+        let c = conf(app, dst, vol)?;
+        self.commit(dst, &c, &tmp)
+    }
+
+    /// Deletes every file of a qube's volumes (the qube is being removed).
+    pub fn remove(&self, q: &Qube) -> io::Result<()> {
+        let dir = self.qube_dir(q);
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => {
+                let _ = fs::remove_dir_all(self.runtime_dir(&q.name));
+                Ok(())
+            }
+        }
+    }
+}
+
+fn conf(app: &App, q: &Qube, vol: &str) -> Result<VolumeConf, StorageError> {
+    volumes(app, q)
+        .into_iter()
+        .find(|c| c.name == vol)
+        .ok_or_else(|| StorageError::Invalid {
+            qube: q.name.clone(),
+            volume: vol.into(),
+            message: "no such volume".into(),
+        })
+}
+
+fn err<'a>(
+    q: &'a Qube,
+    vol: &'a str,
+) -> impl Fn(&'static str, &Path) -> Box<dyn FnOnce(io::Error) -> StorageError + 'a> + 'a {
+    move |what, path| {
+        let path = path.to_path_buf();
+        Box::new(move |source| StorageError::Io {
+            qube: q.name.clone(),
+            volume: vol.to_string(),
+            what,
+            path,
+            source,
+        })
+    }
+}
+
+/// Unmounts `at` if mounted, waiting briefly for the last users to go.
+fn unmount(at: &Path) -> io::Result<()> {
+    for _ in 0..100 {
+        if !is_mounted(at) {
+            return Ok(());
+        }
+        match umount2(at, MntFlags::empty()) {
+            Ok(()) => continue,
+            Err(nix::errno::Errno::EBUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(io::Error::other("still busy after 2 s"))
+}
