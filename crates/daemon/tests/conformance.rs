@@ -1,0 +1,467 @@
+//! The conformance suite: every lifecycle and isolation scenario, end to
+//! end (a real `bulkheadd`, the real `bulkhead` CLI, a minimal template
+//! built from busybox-static and the agent, real qubes), run once per
+//! backend built in. Each scenario is a function of the `virt_mode`;
+//! [`conformance!`] instantiates it per backend (today `ns`; `vm` joins
+//! with the QEMU backend).
+//!
+//! Needs root, loop devices, mkfs.ext4, /bin/busybox (busybox-static) and the
+//! workspace's binaries (`cargo test --workspace` builds them); each test
+//! prints why it skips otherwise. Qube names carry a per-test prefix because
+//! cgroups are named after qubes and tests run in parallel.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Env {
+    d: common::Daemon,
+    cli: PathBuf,
+    tpl: String,
+    /// Prefix of this test's qube names (backend + scenario).
+    tag: String,
+}
+
+fn missing() -> Option<String> {
+    let bin = common::daemon_bin();
+    let need_bins = ["bulkhead", "bulkhead-agent", "bulkhead-nsinit"];
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root".into());
+    }
+    for p in ["/dev/loop-control", "/bin/busybox"] {
+        if !Path::new(p).exists() {
+            return Some(format!("{p} missing (apt-get install busybox-static)"));
+        }
+    }
+    if Command::new("mkfs.ext4").arg("-V").output().is_err() {
+        return Some("mkfs.ext4 missing".into());
+    }
+    for b in need_bins {
+        if !bin.with_file_name(b).exists() {
+            return Some(format!("{b} not built (run cargo test --workspace)"));
+        }
+    }
+    None
+}
+
+macro_rules! env_or_skip {
+    ($tag:expr, $mode:expr) => {
+        match missing() {
+            Some(why) => {
+                eprintln!("SKIPPED: {why}");
+                return;
+            }
+            None => Env::new(&format!("{}{}", $mode, $tag), $mode),
+        }
+    };
+}
+
+/// One `#[test]` per scenario and backend.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod ns {
+            $( #[test] fn $name() { super::$name("ns") } )*
+        }
+    };
+}
+
+conformance!(
+    template_update_reaches_appvm_at_restart_root_writes_vanish_private_persists,
+    revert_restores_the_previous_private_revision,
+    qubes_cannot_see_each_others_files_processes_or_network,
+    root_in_a_qube_cannot_load_modules_see_the_host_mount_disks_or_write_outside,
+    a_qube_over_its_memory_limit_is_contained,
+    daemon_restart_readopts_running_qubes_and_autostart_starts_qubes,
+    kill_9_of_a_qubes_init_is_noticed_and_reported,
+    lifecycle_state_machine_and_qubes_exceptions,
+    run_streams_stdin_and_output_and_clone_copies_volumes,
+);
+
+impl Env {
+    fn new(tag: &str, mode: &str) -> Env {
+        let d = common::Daemon::start();
+        let cli = common::daemon_bin().with_file_name("bulkhead");
+        let tpl = format!("{tag}-tpl");
+        let e = Env {
+            d,
+            cli,
+            tpl,
+            tag: tag.to_string(),
+        };
+        e.ok(&["template", "build", "minimal", "--name", &e.tpl]);
+        e.ok(&["global-prefs", "default_virt_mode", mode]);
+        e
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.cli);
+        c.args(args).env("BULKHEAD_SOCKET", &self.d.socket);
+        c
+    }
+
+    fn bh(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run bulkhead")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.bh(args);
+        assert!(
+            o.status.success(),
+            "bulkhead {args:?} failed ({}): {}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// A qube name unique to this test.
+    fn q(&self, name: &str) -> String {
+        format!("{}-{name}", self.tag)
+    }
+
+    fn create(&self, name: &str) {
+        self.ok(&["create", "-t", &self.tpl, "-l", "red", name]);
+    }
+
+    /// Runs a shell script in the qube as `user`; returns (exit code, stdout).
+    fn sh(&self, vm: &str, user: &str, script: &str) -> (i32, String) {
+        let o = self.bh(&["run", "-u", user, vm, "--", "/bin/sh", "-c", script]);
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    }
+
+    fn state(&self, vm: &str) -> String {
+        let s = self.d.ok("admin.vm.CurrentState", "", vm, b"");
+        s.rsplit("power_state=").next().unwrap_or("").to_string()
+    }
+
+    fn wait_state(&self, vm: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.state(vm) != want {
+            assert!(Instant::now() < deadline, "{vm} never became {want}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn restart_qube(&self, vm: &str) {
+        self.ok(&["shutdown", "--wait", vm]);
+        self.ok(&["start", vm]);
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Qubes outlive a daemon by design; tests must not leave any behind.
+        let _ = self.bh(&["shutdown", "--all", "--wait"]);
+    }
+}
+
+fn template_update_reaches_appvm_at_restart_root_writes_vanish_private_persists(mode: &str) {
+    let e = env_or_skip!("e2e1", mode);
+    e.create(&e.q("work"));
+    let (code, _) = e.sh(
+        &e.q("work"),
+        "root",
+        "echo junk > /etc/junk && echo kept > /home/user/kept && echo usr > /usr/local/u",
+    );
+    assert_eq!(code, 0);
+    // Update the template while the AppVM runs: it keeps its snapshot.
+    let (code, _) = e.sh(&e.tpl, "root", "echo v2 > /etc/template-version");
+    assert_eq!(code, 0);
+    e.ok(&["shutdown", "--wait", &e.tpl]);
+    let (_, out) = e.sh(&e.q("work"), "user", "cat /etc/template-version 2>&1; true");
+    assert!(out.contains("No such file"), "{out}");
+    assert!(e
+        .ok(&[
+            "volume",
+            "info",
+            &format!("{}:root", e.q("work")),
+            "is_outdated"
+        ])
+        .contains("True"));
+    e.restart_qube(&e.q("work"));
+    let (_, out) = e.sh(
+        &e.q("work"),
+        "user",
+        "cat /etc/template-version; cat /etc/junk 2>&1; cat ~/kept /usr/local/u; id -u; pwd",
+    );
+    assert!(out.contains("v2"), "template update missing: {out}");
+    assert!(
+        out.contains("No such file"),
+        "root write survived a restart: {out}"
+    );
+    assert!(out.contains("kept\nusr\n1000\n/home/user"), "{out}");
+}
+
+fn revert_restores_the_previous_private_revision(mode: &str) {
+    let e = env_or_skip!("e2e2", mode);
+    e.create(&e.q("work"));
+    assert_eq!(e.sh(&e.q("work"), "user", "echo first > ~/a").0, 0);
+    e.restart_qube(&e.q("work"));
+    assert_eq!(e.sh(&e.q("work"), "user", "rm ~/a; echo second > ~/b").0, 0);
+    // Revert needs a halted qube.
+    let o = e.bh(&["volume", "revert", &format!("{}:private", e.q("work"))]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("shut it down"));
+    e.ok(&["shutdown", "--wait", &e.q("work")]);
+    let revs = e.ok(&["volume", "revisions", &format!("{}:private", e.q("work"))]);
+    assert_eq!(revs.lines().count(), 1, "revisions_to_keep=1: {revs}");
+    e.ok(&["volume", "revert", &format!("{}:private", e.q("work"))]);
+    let (_, out) = e.sh(&e.q("work"), "user", "cat ~/a; ls ~");
+    assert!(out.starts_with("first\n"), "{out}");
+    assert!(!out.contains('b'), "{out}");
+}
+
+fn qubes_cannot_see_each_others_files_processes_or_network(mode: &str) {
+    let e = env_or_skip!("e2e3", mode);
+    e.create(&e.q("a"));
+    e.create(&e.q("b"));
+    assert_eq!(
+        e.sh(
+            &e.q("a"),
+            "user",
+            "echo secret > ~/secret; (sleep 600 >/dev/null 2>&1 &) ; true"
+        )
+        .0,
+        0
+    );
+    let (_, out) = e.sh(
+        &e.q("b"),
+        "root",
+        "cat /home/user/secret 2>&1; ps -o comm | grep -c sleep; ls /sys/class/net; \
+         cat /proc/net/dev | tail -n +3 | cut -d: -f1; ls /rw /run/bulkhead",
+    );
+    assert!(out.contains("No such file"), "{out}");
+    assert!(out.contains("\n0\n"), "b sees a's processes: {out}");
+    assert!(
+        !out.contains("eth") && !out.contains("veth"),
+        "b sees network interfaces: {out}"
+    );
+    // The only network device is lo, and nothing listens anywhere.
+    let (_, out) = e.sh(
+        &e.q("b"),
+        "root",
+        "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '",
+    );
+    assert_eq!(out.trim(), "lo");
+}
+
+fn root_in_a_qube_cannot_load_modules_see_the_host_mount_disks_or_write_outside(mode: &str) {
+    let e = env_or_skip!("e2e4", mode);
+    e.create(&e.q("work"));
+    let marker = format!("/tmp/bulkhead-e2e4-{}", std::process::id());
+    let (code, out) = e.sh(
+        &e.q("work"),
+        "root",
+        &format!(
+            "insmod /dev/null; echo insmod=$?; \
+             ps -o pid | tail -n +2 | wc -l; \
+             ls /dev; \
+             mount -t ext4 /dev/loop0 /mnt; echo mount=$?; \
+             mount -t proc proc /mnt; echo procmount=$?; \
+             echo x > {marker}; echo write=$?; \
+             cat /proc/1/cmdline | tr '\\0' ' '; echo"
+        ),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("insmod=0"), "{out}");
+    assert!(
+        !out.contains("mount=0") && !out.contains("procmount=0"),
+        "{out}"
+    );
+    let procs: usize = out
+        .lines()
+        .nth(1)
+        .unwrap_or("99")
+        .trim()
+        .parse()
+        .unwrap_or(99);
+    assert!(procs <= 6, "root sees {procs} processes: {out}");
+    assert!(
+        !out.contains("loop0") && !out.contains("sda"),
+        "block devices visible: {out}"
+    );
+    assert!(
+        out.contains("bulkhead-agent"),
+        "PID 1 is not the agent: {out}"
+    );
+    // The qube wrote its own /tmp (its volatile layer), not the host's.
+    assert!(!Path::new(&marker).exists());
+}
+
+fn a_qube_over_its_memory_limit_is_contained(mode: &str) {
+    let e = env_or_skip!("e2e5", mode);
+    e.create(&e.q("work"));
+    e.ok(&["prefs", &e.q("work"), "memory", "64"]);
+    e.ok(&["prefs", &e.q("work"), "maxmem", "64"]);
+    // 200 MB held in one shell variable: far over 64 MiB.
+    let (code, _) = e.sh(
+        &e.q("work"),
+        "user",
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}",
+    );
+    assert_ne!(code, 0, "the hog was not stopped");
+    // The qube itself survives and still answers.
+    assert_eq!(e.state(&e.q("work")), "Running");
+    assert_eq!(e.sh(&e.q("work"), "user", "echo alive").1, "alive\n");
+}
+
+fn daemon_restart_readopts_running_qubes_and_autostart_starts_qubes(mode: &str) {
+    let mut e = env_or_skip!("e2e6", mode);
+    e.create(&e.q("work"));
+    e.create(&e.q("auto"));
+    e.ok(&["prefs", &e.q("auto"), "autostart", "True"]);
+    assert_eq!(e.sh(&e.q("work"), "user", "echo before > ~/f").0, 0);
+    // A crash (SIGKILL) of the daemon, not a clean exit.
+    e.d.restart();
+    e.wait_state(&e.q("work"), "Running");
+    e.wait_state(&e.q("auto"), "Running");
+    let (code, out) = e.sh(&e.q("work"), "user", "cat ~/f");
+    assert_eq!((code, out.as_str()), (0, "before\n"));
+    // The re-adopted qube still stops cleanly and keeps its data.
+    e.ok(&["shutdown", "--wait", &e.q("work")]);
+    assert_eq!(e.state(&e.q("work")), "Halted");
+    assert_eq!(e.sh(&e.q("work"), "user", "cat ~/f").1, "before\n");
+}
+
+fn init_pid(e: &Env, vm: &str) -> i32 {
+    // The agent (PID 1 in the qube) is the qube's process whose parent is
+    // the nsinit helper; find it through the helper's children.
+    let rec = std::fs::read_to_string(e.d.dir.path().join(format!("qubes/{vm}/instance.json")))
+        .expect("instance record");
+    let v: serde_json::Value = serde_json::from_str(&rec).unwrap();
+    v["data"]["init_pid"].as_i64().expect("init_pid") as i32
+}
+
+fn kill_9_of_a_qubes_init_is_noticed_and_reported(mode: &str) {
+    let e = env_or_skip!("e2e7", mode);
+    e.create(&e.q("work"));
+    assert_eq!(e.sh(&e.q("work"), "user", "echo data > ~/f").0, 0);
+    let mut events = e
+        .cmd(&["events", &e.q("work")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = init_pid(&e, &e.q("work"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    e.wait_state(&e.q("work"), "Halted");
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = events.kill();
+    let out = events.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("domain-shutdown"), "{text}");
+    // Nothing lost: the private volume was committed, and the qube restarts.
+    assert_eq!(e.sh(&e.q("work"), "user", "cat ~/f").1, "data\n");
+}
+
+fn lifecycle_state_machine_and_qubes_exceptions(mode: &str) {
+    let e = env_or_skip!("e2e8", mode);
+    e.create(&e.q("work"));
+    let exc = |m: &str, arg: &str| {
+        let r = e.d.req(m, arg, &e.q("work"), b"");
+        String::from_utf8_lossy(&r)
+            .split('\0')
+            .nth(1)
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(exc("admin.vm.Shutdown", ""), "QubesVMNotStartedError");
+    assert_eq!(exc("admin.vm.Kill", ""), "QubesVMNotStartedError");
+    assert_eq!(exc("admin.vm.Pause", ""), "QubesVMNotStartedError");
+    e.ok(&["start", &e.q("work")]);
+    assert_eq!(e.state(&e.q("work")), "Running");
+    assert_eq!(exc("admin.vm.Start", ""), "QubesVMNotHaltedError");
+    assert_eq!(exc("admin.vm.Unpause", ""), "QubesVMNotPausedError");
+    assert_eq!(exc("admin.vm.Remove", ""), "QubesVMNotHaltedError");
+    e.ok(&["pause", &e.q("work")]);
+    assert_eq!(e.state(&e.q("work")), "Paused");
+    assert_eq!(exc("admin.vm.Pause", ""), "QubesVMNotRunningError");
+    let o = e.bh(&["run", &e.q("work"), "--", "true"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("paused"));
+    e.ok(&["unpause", &e.q("work")]);
+    assert_eq!(e.sh(&e.q("work"), "user", "echo ok").1, "ok\n");
+    e.ok(&["kill", &e.q("work")]);
+    assert_eq!(e.state(&e.q("work")), "Halted");
+    assert!(e.bh(&["check", "--running", &e.q("work")]).status.code() == Some(1));
+    // --no-autostart refuses a halted qube; plain run starts it.
+    assert!(!e
+        .bh(&["run", "-n", &e.q("work"), "--", "true"])
+        .status
+        .success());
+    assert_eq!(e.sh(&e.q("work"), "user", "exit 7").0, 7);
+    // A shutdown that the qube ignores ends in a kill after shutdown_timeout.
+    e.ok(&["prefs", &e.q("work"), "shutdown_timeout", "1"]);
+    let r = e.d.req("admin.vm.Shutdown", "wait", &e.q("work"), b"");
+    assert!(r.starts_with(b"0\0"), "{:?}", String::from_utf8_lossy(&r));
+    assert_eq!(e.state(&e.q("work")), "Halted");
+    e.ok(&["remove", "-f", &e.q("work")]);
+    assert!(!e
+        .d
+        .state_dir()
+        .join(format!("pools/default/appvms/{}", e.q("work")))
+        .exists());
+}
+
+fn run_streams_stdin_and_output_and_clone_copies_volumes(mode: &str) {
+    let e = env_or_skip!("e2e9", mode);
+    e.create(&e.q("work"));
+    let mut c = e.cmd(&[
+        "run",
+        &e.q("work"),
+        "--",
+        "sh",
+        "-c",
+        "wc -c; echo err >&2; exit 3",
+    ]);
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut i = child.stdin.take().unwrap();
+        i.write_all(&vec![b'x'; 1 << 20]).unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "1048576");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "err\n");
+    // Arguments pass through exactly, including awkward characters.
+    let o = e.bh(&[
+        "run",
+        &e.q("work"),
+        "--",
+        "printf",
+        "%s|",
+        "a b",
+        "-x",
+        "$HOME",
+        "ü",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "a b|-x|$HOME|ü|");
+    // qvm-run: a shell command line, output only with --pass-io.
+    let link = e.d.dir.path().join("qvm-run");
+    let _ = std::os::unix::fs::symlink(&e.cli, &link);
+    let o = Command::new(&link)
+        .args(["--pass-io", &e.q("work"), "echo", "$((6*7))"])
+        .env("BULKHEAD_SOCKET", &e.d.socket)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "42\n");
+    assert_eq!(e.sh(&e.q("work"), "user", "echo cloned > ~/c").0, 0);
+    e.ok(&["shutdown", "--wait", &e.q("work")]);
+    e.ok(&["clone", &e.q("work"), &e.q("copy")]);
+    assert_eq!(e.sh(&e.q("copy"), "user", "cat ~/c").1, "cloned\n");
+}
