@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Bulkhead quick start: build, install, start the daemon, create qubes.
+# Bulkhead quick start: build, install, start the daemon, build the minimal
+# template, create qubes from it and run a command in work and personal.
 #
 #   sudo ./scripts/quickstart.sh
 #
@@ -36,7 +37,8 @@ step "Installing system packages"
 if command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends passwd util-linux >/dev/null
+    # busybox-static + e2fsprogs: the minimal template; util-linux: loop devices.
+    apt-get install -y -qq --no-install-recommends passwd util-linux busybox-static e2fsprogs >/dev/null
 fi
 
 step "Building (release)"
@@ -44,8 +46,10 @@ cargo build --release --locked --bins
 
 step "Installing to $PREFIX"
 install -d "$PREFIX/bin" "$PREFIX/share/doc/bulkhead"
-install -m 0755 target/release/bulkheadd target/release/bulkhead "$PREFIX/bin/"
-for t in qvm-ls qvm-create qvm-remove qvm-clone qvm-prefs qubes-prefs qvm-features qvm-tags; do
+install -m 0755 target/release/bulkheadd target/release/bulkhead \
+    target/release/bulkhead-nsinit target/release/bulkhead-agent "$PREFIX/bin/"
+for t in qvm-ls qvm-create qvm-remove qvm-clone qvm-prefs qubes-prefs qvm-features qvm-tags \
+         qvm-start qvm-shutdown qvm-kill qvm-pause qvm-unpause qvm-check qvm-run qvm-volume; do
     ln -sf bulkhead "$PREFIX/bin/$t"
 done
 install -m 0644 README.md "$PREFIX/share/doc/bulkhead/"
@@ -68,9 +72,18 @@ B="$PREFIX/bin/bulkhead"
 have() { "$B" ls --raw-list | grep -qx "$1"; }
 mk() { local name=$1; shift; have "$name" || "$B" create "$@" "$name"; }
 
-step "Creating qubes"
-mk minimal --class TemplateVM -l black
+step "Building the minimal template (busybox + agent, no network needed)"
+if [ "$("$B" volume info minimal:root usage 2>/dev/null || echo 0)" = 0 ]; then
+    "$B" template build minimal
+else
+    echo "minimal already built"
+fi
 "$B" global-prefs default_template minimal
+# The VM backend (QEMU) is not built yet: qubes run in namespace sandboxes,
+# which `bulkhead ls` shows as ns(weaker).
+"$B" global-prefs default_virt_mode ns
+
+step "Creating qubes"
 mk sys-net -l red --prop provides_network=True
 mk sys-firewall -l green --prop provides_network=True --prop netvm=sys-net
 "$B" global-prefs default_netvm sys-firewall
@@ -80,11 +93,15 @@ mk banking -l green
 mk vault -l black --prop netvm=
 "$B" tags vault add offline >/dev/null
 
+step "Running a command in work and personal (each starts on first use)"
+for q in work personal; do
+    "$B" run "$q" -- sh -c 'echo "hello from $(hostname): uid $(id -u), home $HOME, $(ls /home/user | wc -l) files"'
+done
+
 step "Your qubes"
 "$B" ls
 cat <<MSG
 
-bulkheadd holds these definitions in $STATE_DIR and answers on $BULKHEAD_SOCKET.
-Try: bulkhead prefs work, bulkhead features work, qvm-ls --json.
-(bulkheadd does not start qubes yet; lifecycle and 'bulkhead run' come next.)
+bulkheadd holds the qubes in $STATE_DIR and answers on $BULKHEAD_SOCKET.
+Try: bulkhead run work -- sh, bulkhead volume list, bulkhead shutdown --all --wait.
 MSG

@@ -59,6 +59,7 @@ pub struct Slot {
 impl Runtime {
     /// Sets up storage and backends; `nsinit` is the `ns` helper.
     pub fn new(state_dir: &Path, run_dir: &Path, nsinit: PathBuf) -> std::io::Result<Runtime> {
+        check_reachable(run_dir)?;
         let storage = Storage::open(state_dir, run_dir)?;
         let log_dir = state_dir.join("logs");
         std::fs::create_dir_all(&log_dir)?;
@@ -156,6 +157,30 @@ impl Runtime {
             log: self.console_log(&q.name),
         })
     }
+}
+
+/// A qube's root (an unprivileged host uid) resolves its mount sources
+/// under the run dir while it builds its file system, so every ancestor must
+/// be searchable by others.
+fn check_reachable(run_dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(run_dir)?;
+    let abs = std::fs::canonicalize(run_dir)?;
+    for dir in abs.ancestors() {
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o001 == 0 {
+            return Err(std::io::Error::other(format!(
+                "{} (mode {:o}) is not searchable by other users, but qubes run as \
+                 unprivileged uids and must reach the run dir {} through it; \
+                 `chmod o+x {}` or pick a --run-dir / --socket elsewhere (e.g. under /run)",
+                dir.display(),
+                mode & 0o7777,
+                run_dir.display(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn not_halted(name: &str) -> ApiError {

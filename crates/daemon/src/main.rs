@@ -136,6 +136,9 @@ fn run(opts: Opts) -> Result<()> {
         std::env::remove_var(DETACHED_ENV);
     }
     sys::raise_nofile_limit();
+    // Files and dirs the daemon creates get explicit modes where they must be
+    // private; everything else (run dirs qubes traverse) is world-searchable.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let gid = sys::ensure_group(&opts.group)
         .with_context(|| format!("cannot set up group '{}'", opts.group))?;
     let (store, app) = Store::open(&opts.state_dir, sys::host_info())?;

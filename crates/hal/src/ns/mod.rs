@@ -96,6 +96,8 @@ struct Starting {
     child: Option<Child>,
     /// Host-side idmapped mounts, detached once the qube holds its own copies.
     mounted: Vec<PathBuf>,
+    /// The guest channel tmpfs, unmounted if the start fails.
+    channel: Option<PathBuf>,
 }
 
 impl Drop for Starting {
@@ -106,6 +108,9 @@ impl Drop for Starting {
         }
         for m in self.mounted.drain(..) {
             let _ = umount2(&m, MntFlags::MNT_DETACH);
+        }
+        if let Some(c) = self.channel.take() {
+            let _ = umount2(&c, MntFlags::MNT_DETACH);
         }
     }
 }
@@ -165,6 +170,12 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
     // so a qube can neither fill a host file system through it nor leave
     // anything behind for the next run.
     let _ = umount2(&channel, MntFlags::MNT_DETACH);
+    // Undoes everything below if the start fails part-way.
+    let mut st = Starting {
+        child: None,
+        mounted: Vec::new(),
+        channel: None,
+    };
     let tmpfs_opts = format!(
         "size=64k,nr_inodes=16,mode=0700,uid={0},gid={0}",
         spec.uid_base
@@ -182,6 +193,7 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
         .map_err(std::io::Error::from),
         || format!("mount the guest channel tmpfs on {}", channel.display()),
     )?;
+    st.channel = Some(channel.clone());
     let owner = (
         Some(Uid::from_raw(spec.uid_base)),
         Some(Gid::from_raw(spec.uid_base)),
@@ -242,10 +254,7 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
             .spawn(),
         || format!("run {}", nsinit.display()),
     )?;
-    let mut st = Starting {
-        child: Some(child),
-        mounted: Vec::new(),
-    };
+    st.child = Some(child);
     let child = st.child.as_mut().ok_or("helper vanished")?;
     let pid = child.id();
     io(cg.add(pid), || "join cgroups".into())?;
@@ -301,6 +310,7 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
         let _ = umount2(&m, MntFlags::MNT_DETACH);
     }
     let child = st.child.take().ok_or("helper vanished")?;
+    st.channel = None;
     let helper_start = proc_start_time(child.id());
     Ok(Box::new(NsInstance {
         name: spec.name.clone(),
