@@ -77,6 +77,7 @@ conformance!(
     kill_9_of_a_qubes_init_is_noticed_and_reported,
     lifecycle_state_machine_and_qubes_exceptions,
     run_streams_stdin_and_output_and_clone_copies_volumes,
+    symlinks_planted_in_the_private_volume_are_not_followed_by_the_host,
 );
 
 impl Env {
@@ -464,4 +465,28 @@ fn run_streams_stdin_and_output_and_clone_copies_volumes(mode: &str) {
     e.ok(&["shutdown", "--wait", &e.q("work")]);
     e.ok(&["clone", &e.q("work"), &e.q("copy")]);
     assert_eq!(e.sh(&e.q("copy"), "user", "cat ~/c").1, "cloned\n");
+}
+
+fn symlinks_planted_in_the_private_volume_are_not_followed_by_the_host(mode: &str) {
+    let e = env_or_skip!("e2e10", mode);
+    e.create(&e.q("work"));
+    // Root in the qube replaces /rw/home and /rw/usrlocal (bound by the host
+    // at the next start) with links to the root directory.
+    let (code, out) = e.sh(
+        &e.q("work"),
+        "root",
+        "rm -rf /rw/home /rw/usrlocal && ln -s / /rw/home && ln -s /etc /rw/usrlocal && ls -l /rw",
+    );
+    assert_eq!(code, 0, "{out}");
+    e.restart_qube(&e.q("work"));
+    let (code, out) = e.sh(
+        &e.q("work"),
+        "root",
+        "ls -a /home /usr/local; ls /rw | grep -c not-a-directory",
+    );
+    assert_eq!(code, 0, "{out}");
+    // Fresh, real directories; the links were moved aside, not followed.
+    assert!(!out.contains("bin") && !out.contains("passwd"), "{out}");
+    assert!(out.trim_end().ends_with('2'), "{out}");
+    assert!(out.contains("user"), "home was not recreated: {out}");
 }

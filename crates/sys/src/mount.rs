@@ -10,6 +10,7 @@ use std::path::Path;
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 const AT_EMPTY_PATH: libc::c_uint = 0x1000;
+const AT_SYMLINK_NOFOLLOW: libc::c_uint = 0x100;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
@@ -34,7 +35,8 @@ fn cpath(p: &Path) -> io::Result<CString> {
 
 /// Bind-mounts `src` (recursively) at `dst`, with file ownership shifted
 /// through the user namespace `userns` (a `/proc/<pid>/ns/user` fd): host uid
-/// 0 appears as that namespace's root. Optionally read-only.
+/// 0 appears as that namespace's root. Optionally read-only. A symlink as
+/// `src`'s last component is not followed.
 pub fn idmapped_bind(
     src: &Path,
     userns: BorrowedFd<'_>,
@@ -50,7 +52,10 @@ pub fn idmapped_bind(
             libc::SYS_open_tree,
             libc::AT_FDCWD,
             src_c.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+            // A source whose last component is a symlink is refused (ENOTDIR
+            // on a later use, or a bind of the link itself), never followed:
+            // it may sit in a volume a qube wrote.
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE | AT_SYMLINK_NOFOLLOW,
         )
     };
     if raw < 0 {

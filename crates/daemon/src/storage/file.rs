@@ -357,11 +357,34 @@ impl Storage {
         if let Some(p) = private_mnt {
             // Qubes' layout: the private volume at /rw, /rw/home at /home,
             // /rw/usrlocal at /usr/local.
+            // The volume's content is the qube's: /rw/home may be a symlink it
+            // planted (say to "/"), which the host must never follow when it
+            // binds the directory. Anything but a real directory is moved
+            // aside (kept, not deleted) and replaced. The qube is not running,
+            // so nothing can swap it between this check and the bind (which
+            // does not follow symlinks either).
             for sub in ["home", "usrlocal"] {
                 let d = p.join(sub);
-                if fs::symlink_metadata(&d).is_err() {
-                    fs::create_dir(&d).map_err(e("create", &d))?;
+                match fs::symlink_metadata(&d) {
+                    Ok(m) if m.file_type().is_dir() => continue,
+                    Ok(_) => {
+                        let aside = p.join(format!(
+                            "{sub}.not-a-directory.{}",
+                            std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| d.as_secs())
+                                .unwrap_or(0)
+                        ));
+                        tracing::warn!(
+                            "qube '{}': /rw/{sub} was not a directory; moved aside to {}",
+                            q.name,
+                            aside.display()
+                        );
+                        fs::rename(&d, &aside).map_err(e("move aside", &d))?;
+                    }
+                    Err(_) => {}
                 }
+                fs::create_dir(&d).map_err(e("create", &d))?;
             }
             binds.push(Bind {
                 src: p.clone(),
