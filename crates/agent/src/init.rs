@@ -93,7 +93,7 @@ pub fn on_shutdown_signal() {
             let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
             let deadline = Instant::now() + STOP_GRACE;
             while others_alive() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(2));
             }
             let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
             nix::unistd::sync();

@@ -54,6 +54,8 @@ pub struct Runtime {
 #[derive(Default)]
 pub struct Slot {
     inst: Option<Box<dyn Instance>>,
+    /// A shutdown was asked for: an exit now is expected, not a crash.
+    stopping: bool,
 }
 
 impl Runtime {
@@ -263,9 +265,11 @@ impl Daemon {
         self.set_power(name, PowerState::Transient).await?;
         let (rt2, app2, q2) = (rt.clone(), app.clone(), q.clone());
         let started = blocking(move || -> ApiResult<Box<dyn Instance>> {
+            let t0 = Instant::now();
             let prepared = rt2.storage.start(&app2, &q2).map_err(|e| {
                 ApiError::new(Exc::StoragePoolException, e.to_string())
             })?;
+            let t_storage = t0.elapsed();
             let spec = match rt2.spec(&app2, &q2, prepared) {
                 Ok(s) => s,
                 Err(e) => {
@@ -281,9 +285,17 @@ impl Daemon {
                     return Err(hal_err(e));
                 }
             };
-            if let Err(e) =
-                bulkhead_hal::guest::wait_ready(&inst.agent_socket(), Duration::from_secs(timeout))
-            {
+            let t_backend = t0.elapsed();
+            let ready =
+                bulkhead_hal::guest::wait_ready(&inst.agent_socket(), Duration::from_secs(timeout));
+            tracing::debug!(
+                "qube '{}': storage {:?}, backend {:?}, agent ready {:?}",
+                q2.name,
+                t_storage,
+                t_backend - t_storage,
+                t0.elapsed() - t_backend
+            );
+            if let Err(e) = ready {
                 let _ = inst.kill();
                 drop(inst);
                 let _ = rt2.storage.stop(&app2, &q2);
@@ -347,10 +359,14 @@ impl Daemon {
                     return; // stopped by someone else, who cleaned up
                 };
                 if let RunState::Exited(code) = inst.state() {
-                    tracing::warn!(
-                        "qube '{name}' stopped unexpectedly (init exit status {code}); see {}",
-                        rt.console_log(&name).display()
-                    );
+                    if g.stopping {
+                        tracing::info!("qube '{name}' shut down");
+                    } else {
+                        tracing::warn!(
+                            "qube '{name}' stopped unexpectedly (init exit status {code}); see {}",
+                            rt.console_log(&name).display()
+                        );
+                    }
                     self.finish(&rt, &name, &mut g).await;
                     return;
                 }
@@ -361,6 +377,7 @@ impl Daemon {
     /// After a qube's processes are gone: storage stop, power Halted, events.
     async fn finish(&self, rt: &Arc<Runtime>, name: &str, slot: &mut Slot) {
         slot.inst = None;
+        slot.stopping = false;
         let app = self.snapshot();
         if let Ok(q) = app.vm(name) {
             let (rt2, app2, q2) = (rt.clone(), app.clone(), q.clone());
@@ -432,6 +449,7 @@ impl Daemon {
                 inst.unpause().map_err(hal_err)?;
             }
             inst.request_shutdown().map_err(hal_err)?;
+            g.stopping = true;
         }
         self.set_power(name, PowerState::Halting).await?;
         let d = self.clone();
@@ -466,7 +484,7 @@ impl Daemon {
                         ));
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         });
         if wait {

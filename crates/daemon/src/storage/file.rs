@@ -197,6 +197,21 @@ impl Storage {
         Ok(())
     }
 
+    /// Makes `path` an empty ext4 file system of `size` bytes: a copy of a
+    /// pristine image kept per (label, size) in the pool, made once with
+    /// mkfs (a sparse copy of ~1 MiB instead of a ~10 ms mkfs per start).
+    fn fresh_image(&self, path: &Path, size: u64, label: &str) -> io::Result<()> {
+        let dir = self.pool.join(".pristine");
+        let pristine = dir.join(format!("{label}-{size}.img"));
+        if !pristine.exists() {
+            fs::create_dir_all(&dir)?;
+            let tmp = dir.join(format!("{label}-{size}.img.tmp{}", std::process::id()));
+            Storage::mkfs(&tmp, size, label)?;
+            commit_rename(&tmp, &pristine)?;
+        }
+        self.clone_image(&pristine, path)
+    }
+
     fn mount_image(&self, img: &Path, at: &Path, rw: bool) -> io::Result<()> {
         let _ = umount2(at, MntFlags::MNT_DETACH);
         fs::create_dir_all(at)?;
@@ -293,7 +308,8 @@ impl Storage {
                                 });
                             }
                             let tmp = self.import_path(q, c.name);
-                            Storage::mkfs(&tmp, c.size, c.name).map_err(e("create", &tmp))?;
+                            self.fresh_image(&tmp, c.size, c.name)
+                                .map_err(e("create", &tmp))?;
                             commit_rename(&tmp, &clean).map_err(e("create", &clean))?;
                         }
                         if dirty.exists() {
@@ -310,7 +326,8 @@ impl Storage {
                     }
                     (false, false) => {
                         let img = self.dirty(q, c.name);
-                        Storage::mkfs(&img, c.size, c.name).map_err(e("create", &img))?;
+                        self.fresh_image(&img, c.size, c.name)
+                            .map_err(e("create", &img))?;
                         img
                     }
                 };
