@@ -1,8 +1,12 @@
-//! `bulkhead template build minimal`: builds a small TemplateVM from the
-//! host's static busybox (Debian's `busybox-static`) and Bulkhead's agent,
-//! without any network access, and imports it as the template's root
-//! volume (Qubes' import protocol: `internal.vm.volume.ImportBegin`, write
-//! the image, `ImportEnd`).
+//! `bulkhead template build minimal|debian-12`: builds a TemplateVM and
+//! imports it as the template's root volume (Qubes' import protocol:
+//! `internal.vm.volume.ImportBegin`, write the image, `ImportEnd`).
+//!
+//! - `minimal`: the host's static busybox (Debian's `busybox-static`) and
+//!   Bulkhead's agent; needs no network.
+//! - `debian-12`: Debian bookworm via `debootstrap` from a package mirror
+//!   (progress shown), plus the agent, the `user` account and the qrexec
+//!   services.
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -22,7 +26,8 @@ pub struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 enum Action {
-    /// Build a template: `minimal` (busybox + agent, no network needed).
+    /// Build a template: `minimal` (busybox + agent, no network needed) or
+    /// `debian-12` (debootstrap from a Debian mirror).
     Build {
         /// What to build.
         kind: String,
@@ -38,6 +43,12 @@ enum Action {
         /// The agent binary (default: bulkhead-agent next to this program).
         #[arg(long)]
         agent: Option<PathBuf>,
+        /// Debian mirror for debian-12.
+        #[arg(long, default_value = "http://deb.debian.org/debian")]
+        mirror: String,
+        /// Extra packages for debian-12 (comma-separated).
+        #[arg(long, default_value = "")]
+        include: String,
     },
 }
 
@@ -52,23 +63,31 @@ pub fn run(client: &Client, a: Args) -> Result<Code> {
         label,
         busybox,
         agent,
+        mirror,
+        include,
     } = a.action;
-    if kind != "minimal" {
-        bail!(
-            "unknown template '{kind}': this build can make 'minimal' (debian-12 is not built yet)"
-        );
+    if kind != "minimal" && kind != "debian-12" {
+        bail!("unknown template '{kind}': choose minimal or debian-12");
     }
-    let name = name.unwrap_or(kind);
+    let name = name.unwrap_or(kind.clone());
     super::check_name(&name)?;
     let agent = match agent {
         Some(p) => p,
         None => std::env::current_exe()?.with_file_name("bulkhead-agent"),
     };
-    if !busybox.exists() {
+    if kind == "minimal" && !busybox.exists() {
         bail!(
             "{} not found; install it with `apt-get install busybox-static`",
             busybox.display()
         );
+    }
+    if kind == "debian-12"
+        && Command::new("debootstrap")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        bail!("debootstrap not found; install it with `apt-get install debootstrap`");
     }
     if !agent.exists() {
         bail!(
@@ -77,14 +96,23 @@ pub fn run(client: &Client, a: Args) -> Result<Code> {
         );
     }
     let t0 = Instant::now();
-    step(
-        1,
-        4,
-        "assembling the root tree (busybox, agent, qrexec services)",
-    );
-    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    // Under /var/tmp: a Debian tree is too big for a RAM-backed /tmp.
+    let dir = tempfile::Builder::new()
+        .prefix("bulkhead-template-")
+        .tempdir_in("/var/tmp")
+        .context("cannot create a temporary directory in /var/tmp")?;
     let root = dir.path().join("root");
-    minimal_tree(&root, &busybox, &agent)?;
+    if kind == "minimal" {
+        step(
+            1,
+            4,
+            "assembling the root tree (busybox, agent, qrexec services)",
+        );
+        minimal_tree(&root, &busybox, &agent)?;
+    } else {
+        step(1, 4, &format!("debootstrap bookworm from {mirror}"));
+        debian_tree(&root, &agent, &mirror, &include)?;
+    }
 
     step(2, 4, &format!("creating TemplateVM '{name}'"));
     match super::lookup(client, &name) {
@@ -173,6 +201,149 @@ fn install_binary(root: &Path, bin: &Path, dest: &str) -> Result<()> {
             let t = root.join(lib.trim_start_matches('/'));
             std::fs::create_dir_all(t.parent().unwrap_or(root))?;
             std::fs::copy(lib, &t).with_context(|| format!("copy {lib}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs debootstrap with a one-line progress display, then adds what a
+/// qube needs: the agent, the `user` account, the qrexec services.
+fn debian_tree(root: &Path, agent: &Path, mirror: &str, include: &str) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let mut cmd = Command::new("debootstrap");
+    cmd.args(["--variant=minbase", "--merged-usr"]);
+    let mut pkgs = vec!["ca-certificates", "procps", "less"];
+    pkgs.extend(include.split(',').filter(|p| !p.is_empty()));
+    cmd.arg(format!("--include={}", pkgs.join(",")));
+    cmd.args(["bookworm"]).arg(root).arg(mirror);
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run debootstrap")?;
+    let stderr = child.stderr.take();
+    let errs = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut e) = stderr {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let out = std::io::BufReader::new(child.stdout.take().context("no debootstrap output")?);
+    let (mut phase, mut n) = ("", 0u32);
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    for line in out.lines() {
+        let line = line?;
+        let Some(msg) = line.strip_prefix("I: ") else {
+            continue;
+        };
+        // debootstrap's own verbs, folded into the four phases users see.
+        let p = match msg.split_whitespace().next().unwrap_or("") {
+            "Retrieving" | "Validating" => "download",
+            "Extracting" => "extract",
+            "Unpacking" | "Installing" => "unpack",
+            "Configuring" => "configure",
+            _ => continue,
+        };
+        if p != phase {
+            if !phase.is_empty() && !tty {
+                eprintln!("      {phase}: {n} done");
+            }
+            phase = p;
+            n = 0;
+        }
+        n += 1;
+        if tty {
+            let mut e = std::io::stderr();
+            let item: String = msg.chars().take(50).collect();
+            let _ = write!(e, "\r\x1b[K      {phase:<10} {n:>4}  {item}");
+            let _ = e.flush();
+        }
+    }
+    if tty {
+        eprintln!();
+    } else if !phase.is_empty() {
+        eprintln!("      {phase}: {n} done");
+    }
+    let status = child.wait()?;
+    let errs = errs.join().unwrap_or_default();
+    if !status.success() {
+        let log = root.join("debootstrap/debootstrap.log");
+        bail!(
+            "debootstrap failed ({status}): {}{}",
+            errs.trim(),
+            if log.exists() {
+                format!("; see {}", log.display())
+            } else {
+                String::new()
+            }
+        );
+    }
+    // The agent: Debian already has its libraries (same glibc family); copy
+    // only what is missing.
+    let target = root.join("usr/bin/bulkhead-agent");
+    std::fs::copy(agent, &target).with_context(|| format!("copy {}", agent.display()))?;
+    let ldd = Command::new("ldd")
+        .arg(agent)
+        .output()
+        .context("cannot run ldd")?;
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        if let Some(lib) = line.split_whitespace().find(|w| w.starts_with('/')) {
+            let t = root.join(lib.trim_start_matches('/'));
+            if !t.exists() {
+                std::fs::create_dir_all(t.parent().unwrap_or(root))?;
+                std::fs::copy(lib, &t).with_context(|| format!("copy {lib}"))?;
+            }
+        }
+    }
+    let useradd = Command::new("chroot")
+        .arg(root)
+        .args([
+            "useradd",
+            "-M",
+            "-U",
+            "-u",
+            "1000",
+            "-d",
+            "/home/user",
+            "-s",
+            "/bin/bash",
+            "user",
+        ])
+        .output()
+        .context("cannot run chroot useradd")?;
+    if !useradd.status.success() {
+        bail!(
+            "adding the user account failed: {}",
+            String::from_utf8_lossy(&useradd.stderr).trim()
+        );
+    }
+    for d in ["rw", "etc/qubes-rpc"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    write(
+        root,
+        "etc/qubes-rpc/qubes.VMShell",
+        "#!/bin/sh\nexec /bin/bash\n",
+        0o755,
+    )?;
+    write(
+        root,
+        "etc/qubes-rpc/qubes.GetDate",
+        "#!/bin/sh\nexec date -u -Iseconds\n",
+        0o755,
+    )?;
+    symlink(
+        "/usr/bin/bulkhead-agent",
+        root.join("etc/qubes-rpc/qubes.VMExec"),
+    )?;
+    // Downloaded packages are not part of the template.
+    if let Ok(entries) = std::fs::read_dir(root.join("var/cache/apt/archives")) {
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "deb") {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
     Ok(())
