@@ -216,6 +216,28 @@ fn revert_restores_the_previous_private_revision(mode: &str) {
     let (_, out) = e.sh(&e.q("work"), "user", "cat ~/a; ls ~");
     assert!(out.starts_with("first\n"), "{out}");
     assert!(!out.contains('b'), "{out}");
+    // Grow the private volume (halted only; never shrink), data intact.
+    let vol = format!("{}:private", e.q("work"));
+    assert!(!e.bh(&["volume", "resize", &vol, "3G"]).status.success());
+    e.ok(&["shutdown", "--wait", &e.q("work")]);
+    let o = e.bh(&["volume", "resize", &vol, "1G"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("shrinking"));
+    e.ok(&["volume", "resize", &vol, "3G"]);
+    assert_eq!(e.ok(&["volume", "info", &vol, "size"]).trim(), "3221225472");
+    let (_, out) = e.sh(&e.q("work"), "user", "cat ~/a; df -k /rw | tail -1");
+    let kib: u64 = out
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(out.starts_with("first\n") && kib > 2_900_000, "{out}");
+    // revisions_to_keep=0: stopping keeps no revision.
+    e.ok(&["shutdown", "--wait", &e.q("work")]);
+    e.ok(&["volume", "config", &vol, "revisions_to_keep", "0"]);
+    e.ok(&["start", &e.q("work")]);
+    e.ok(&["shutdown", "--wait", &e.q("work")]);
+    assert_eq!(e.ok(&["volume", "revisions", &vol]).trim(), "");
 }
 
 fn qubes_cannot_see_each_others_files_processes_or_network(mode: &str) {

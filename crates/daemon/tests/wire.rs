@@ -1261,3 +1261,149 @@ fn events_stream_with_qubes_keys() {
         .collect();
     assert!(subjects.iter().all(|s| s == "work"), "{subjects:?}");
 }
+
+#[test]
+fn volume_pool_and_lifecycle_replies() {
+    let d = Daemon::start();
+    setup(&d);
+    check!(
+        d,
+        "admin.pool.List",
+        "",
+        "dom0",
+        b"",
+        b"0\0default\nlinux-kernel\n"
+    );
+    check!(
+        d,
+        "admin.pool.ListDrivers",
+        "",
+        "dom0",
+        b"",
+        b"0\0file-reflink dir_path revisions_to_keep ephemeral_volatile\nlinux-kernel dir_path\n"
+    );
+    let info = d.ok("admin.pool.Info", "default", "dom0", b"");
+    let keys: Vec<&str> = info.lines().filter_map(|l| l.split('=').next()).collect();
+    assert_eq!(
+        keys,
+        [
+            "dir_path",
+            "driver",
+            "name",
+            "reflink",
+            "revisions_to_keep",
+            "size",
+            "usage"
+        ]
+    );
+    check!(
+        d,
+        "admin.vm.volume.List",
+        "",
+        "work",
+        b"",
+        b"0\0root\nprivate\nvolatile\n"
+    );
+    let v = d.ok("admin.vm.volume.Info", "root", "work", b"");
+    for want in [
+        "pool=default\n",
+        "vid=appvms/work/root\n",
+        "size=10737418240\n",
+        "rw=True\n",
+        "source=vm-templates/tpl/root\n",
+        "save_on_stop=False\n",
+        "snap_on_start=True\n",
+        "revisions_to_keep=1\n",
+        "ephemeral=False\n",
+        "is_outdated=False\n",
+    ] {
+        assert!(v.contains(want), "missing {want:?} in {v}");
+    }
+    let v = d.ok("admin.vm.volume.Info", "private", "work", b"");
+    assert!(
+        v.contains("save_on_stop=True\nsnap_on_start=False\n"),
+        "{v}"
+    );
+    assert!(v.contains("source=\n"), "{v}");
+    check!(
+        d,
+        "admin.vm.volume.ListSnapshots",
+        "private",
+        "work",
+        b"",
+        b"0\0"
+    );
+    check!(
+        d,
+        "admin.vm.Shutdown",
+        "",
+        "work",
+        b"",
+        &exc("QubesVMNotStartedError", "Domain is powered off: 'work'")
+    );
+    check!(
+        d,
+        "admin.vm.Kill",
+        "",
+        "work",
+        b"",
+        &exc("QubesVMNotStartedError", "Domain is powered off: 'work'")
+    );
+    check!(
+        d,
+        "admin.vm.Shutdown",
+        "now",
+        "work",
+        b"",
+        &exc("ProtocolError", "invalid shutdown option 'now'")
+    );
+    check!(
+        d,
+        "admin.vm.Start",
+        "",
+        "dom0",
+        b"",
+        &exc("ProtocolError", "expected destination to not be AdminVM")
+    );
+    check!(
+        d,
+        "admin.vm.volume.Info",
+        "swap",
+        "work",
+        b"",
+        &exc(
+            "QubesValueError",
+            "no volume 'swap' (volumes: root, private, volatile, kernel)"
+        )
+    );
+    // Settings persist in the state.
+    d.ok(
+        "admin.vm.volume.Set.revisions_to_keep",
+        "private",
+        "work",
+        b"3",
+    );
+    assert!(d
+        .ok("admin.vm.volume.Info", "private", "work", b"")
+        .contains("revisions_to_keep=3\n"));
+    check!(
+        d,
+        "admin.vm.volume.Set.revisions_to_keep",
+        "private",
+        "work",
+        b"-2",
+        &exc(
+            "QubesValueError",
+            "invalid revisions_to_keep -2: expected -1 to 100"
+        )
+    );
+    // Only dom0 may import.
+    check!(
+        d,
+        "admin.vm.volume.CloneTo",
+        "private",
+        "work",
+        b"not-a-token",
+        &exc("QubesValueError", "invalid or already used clone token")
+    );
+}

@@ -441,7 +441,11 @@ impl Storage {
             let dirty = self.dirty(q, c.name);
             let r = match (c.snap_on_start, c.save_on_stop) {
                 (false, true) if dirty.exists() => self.commit(q, &c, &dirty),
-                (false, true) => Ok(()),
+                // Written in place (revisions_to_keep=0): only prune.
+                (false, true) => {
+                    self.prune(q, c.name, c.revisions_to_keep.max(0) as usize);
+                    Ok(())
+                }
                 // Snapshots and volatile data are thrown away.
                 _ => {
                     let _ = fs::remove_file(&dirty);
