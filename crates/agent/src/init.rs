@@ -26,7 +26,16 @@ pub fn boot() {
         ) else {
             continue;
         };
-        if !(1000..65534).contains(&uid) || !home.starts_with("/home/") || home.contains("..") {
+        // Only /home/<name> (one component): nothing nested that could
+        // route through a link.
+        let Some(leaf) = home.strip_prefix("/home/") else {
+            continue;
+        };
+        if !(1000..65534).contains(&uid)
+            || leaf.is_empty()
+            || leaf.contains('/')
+            || leaf.starts_with('.')
+        {
             continue;
         }
         let home = std::path::Path::new(home);
@@ -40,7 +49,7 @@ pub fn boot() {
 }
 
 fn make_home(home: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    std::fs::create_dir_all(home)?;
+    std::fs::create_dir(home)?;
     copy_skel(std::path::Path::new("/etc/skel"), home, uid, gid)?;
     std::os::unix::fs::lchown(home, Some(uid), Some(gid))
 }

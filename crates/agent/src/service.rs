@@ -110,8 +110,14 @@ pub fn decode_vmexec(arg: &str) -> Result<Vec<Vec<u8>>, String> {
                         i += 2;
                     }
                     b'-' => {
+                        // Exactly two uppercase hex digits: one encoding per
+                        // argv, so policy written against VMExec+ARG holds.
                         let hex = part
                             .get(i + 1..i + 3)
+                            .filter(|h| {
+                                h.bytes()
+                                    .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c))
+                            })
                             .and_then(|h| u8::from_str_radix(h, 16).ok())
                             .ok_or_else(|| format!("bad escape at byte {i} of {part:?}"))?;
                         out.push(hex);
@@ -164,7 +170,7 @@ mod tests {
 
     #[test]
     fn vmexec_rejects_bad_escapes_and_raw_specials() {
-        for bad in ["", "a-", "a-G1", "a b", "a/b", "-"] {
+        for bad in ["", "a-", "a-G1", "a b", "a/b", "-", "a-2f", "a-+1", "a--1-"] {
             assert!(decode_vmexec(bad).is_err(), "{bad:?}");
         }
     }

@@ -46,8 +46,8 @@ pub struct Runtime {
     run_dir: PathBuf,
     log_dir: PathBuf,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
-    /// One-time tokens of `admin.vm.volume.CloneFrom`: token → (qube, volume).
-    pub clone_tokens: Mutex<HashMap<String, (String, String)>>,
+    /// One-time tokens of `admin.vm.volume.CloneFrom`: token → (qube, volume, issued).
+    pub clone_tokens: Mutex<HashMap<String, (String, String, Instant)>>,
 }
 
 /// A qube's runtime slot.
@@ -145,6 +145,20 @@ impl Runtime {
                     format!("qid {} has no free uid range", q.qid),
                 )
             })?;
+        if let bulkhead_hal::RootFs::Overlay { upper, .. } = &prepared.root {
+            // The volatile volume holding the overlay layers: only the
+            // qube's root (and host root) may enter it. (Not the upper dir
+            // itself: its mode is the mode of the qube's "/".)
+            if let Some(vol) = upper.parent() {
+                use std::os::unix::fs::PermissionsExt;
+                let fail = |e: std::io::Error| {
+                    ApiError::new(Exc::StoragePoolException, format!("{}: {e}", vol.display()))
+                };
+                std::os::unix::fs::chown(vol, Some(uid_base), Some(uid_base)).map_err(fail)?;
+                std::fs::set_permissions(vol, std::fs::Permissions::from_mode(0o700))
+                    .map_err(fail)?;
+            }
+        }
         Ok(QubeSpec {
             name: q.name.clone(),
             root: prepared.root,
@@ -270,21 +284,34 @@ impl Daemon {
                 ApiError::new(Exc::StoragePoolException, e.to_string())
             })?;
             let t_storage = t0.elapsed();
+            let created = prepared.created.clone();
+            // Until the qube has run, failing means undoing the storage start
+            // without committing anything (no revision pushed out).
+            let abort = |e: ApiError| {
+                rt2.storage.abort_start(&app2, &q2, &created);
+                Err(e)
+            };
             let spec = match rt2.spec(&app2, &q2, prepared) {
                 Ok(s) => s,
-                Err(e) => {
-                    let _ = rt2.storage.stop(&app2, &q2);
-                    return Err(e);
-                }
+                Err(e) => return abort(e),
             };
-            let backend = rt2.backend(&mode).ok_or_else(|| hal_err("backend vanished"))?;
+            let Some(backend) = rt2.backend(&mode) else {
+                return abort(hal_err("backend vanished"));
+            };
             let mut inst = match backend.start(&spec) {
                 Ok(i) => i,
-                Err(e) => {
-                    let _ = rt2.storage.stop(&app2, &q2);
-                    return Err(hal_err(e));
-                }
+                Err(e) => return abort(hal_err(e)),
             };
+            // Recorded before anything else can fail or take long: a daemon
+            // that dies from here on finds the qube and re-adopts it.
+            if let Err(e) = rt2.save_record(&inst.record()) {
+                let _ = inst.kill();
+                drop(inst);
+                return abort(ApiError::new(
+                    Exc::QubesVMError,
+                    format!("cannot save the instance record of '{}': {e}", q2.name),
+                ));
+            }
             let t_backend = t0.elapsed();
             let ready =
                 bulkhead_hal::guest::wait_ready(&inst.agent_socket(), Duration::from_secs(timeout));
@@ -298,6 +325,8 @@ impl Daemon {
             if let Err(e) = ready {
                 let _ = inst.kill();
                 drop(inst);
+                let _ = std::fs::remove_file(rt2.record_path(&q2.name));
+                // The qube ran: keep what it wrote.
                 let _ = rt2.storage.stop(&app2, &q2);
                 return Err(ApiError::new(
                     Exc::QubesVMError,
@@ -311,9 +340,6 @@ impl Daemon {
             let link = rt2.qrexec_link(&q2.name);
             let _ = std::fs::remove_file(&link);
             let _ = std::os::unix::fs::symlink(inst.agent_socket(), &link);
-            if let Err(e) = rt2.save_record(&inst.record()) {
-                tracing::warn!("qube '{}': cannot save its instance record ({e}); a daemon restart will not re-adopt it", q2.name);
-            }
             Ok(inst)
         })
         .await
@@ -321,8 +347,9 @@ impl Daemon {
         match started {
             Ok(inst) => {
                 guard.inst = Some(inst);
-                drop(guard);
+                // Under the lock: nothing can finish the qube in between.
                 self.set_power(name, PowerState::Running).await?;
+                drop(guard);
                 self.emit(event(
                     name,
                     "domain-start",
@@ -332,8 +359,8 @@ impl Daemon {
                 Ok(())
             }
             Err(e) => {
-                drop(guard);
                 let _ = self.set_power(name, PowerState::Halted).await;
+                drop(guard);
                 self.emit(event(
                     name,
                     "domain-start-failed",
@@ -450,8 +477,8 @@ impl Daemon {
             }
             inst.request_shutdown().map_err(hal_err)?;
             g.stopping = true;
+            self.set_power(name, PowerState::Halting).await?;
         }
-        self.set_power(name, PowerState::Halting).await?;
         let d = self.clone();
         let name2 = name.to_string();
         let waiter = tokio::spawn(async move {
@@ -470,12 +497,7 @@ impl Daemon {
                         tracing::warn!(
                             "qube '{name2}' did not shut down within {timeout} s; killing it"
                         );
-                        let mut inst = g.inst.take();
-                        let killed = blocking(move || inst.as_mut().map(|i| i.kill())).await;
-                        d.finish(&rt, &name2, &mut g).await;
-                        if let Ok(Some(Err(e))) = killed {
-                            return Err(hal_err(e));
-                        }
+                        d.kill_locked(&rt, &name2, &mut g).await?;
                         return Err(ApiError::new(
                             Exc::QubesVMShutdownTimeoutError,
                             format!(
@@ -501,12 +523,35 @@ impl Daemon {
         self.snapshot().vm(name)?;
         let slot = rt.slot(name);
         let mut g = slot.lock().await;
-        let Some(mut inst) = g.inst.take() else {
+        if g.inst.is_none() {
             return Err(not_started(name));
+        }
+        self.kill_locked(&rt, name, &mut g).await
+    }
+
+    /// Kills the qube in a locked slot; its storage is released only once
+    /// the backend confirms nothing of it is left.
+    async fn kill_locked(&self, rt: &Arc<Runtime>, name: &str, g: &mut Slot) -> ApiResult<()> {
+        let Some(mut inst) = g.inst.take() else {
+            return Ok(());
         };
-        let r = blocking(move || inst.kill()).await?;
-        self.finish(&rt, name, &mut g).await;
-        r.map(|_| ()).map_err(hal_err)
+        let (inst, r) = blocking(move || {
+            let r = inst.kill();
+            (inst, r)
+        })
+        .await?;
+        match r {
+            Ok(_) => {
+                drop(inst);
+                self.finish(rt, name, g).await;
+                Ok(())
+            }
+            Err(e) => {
+                // Still there: keep it (and its storage) and say so.
+                g.inst = Some(inst);
+                Err(hal_err(e))
+            }
+        }
     }
 
     /// `admin.vm.Pause` / `admin.vm.Unpause`.
@@ -535,20 +580,22 @@ impl Daemon {
             }
         }
         let _ = rt.save_record(&inst.record());
-        drop(g);
         let (state, ev) = if pause {
             (PowerState::Paused, "domain-paused")
         } else {
             (PowerState::Running, "domain-unpaused")
         };
         self.set_power(name, state).await?;
+        drop(g);
         self.emit(event(name, ev, vec![]));
         Ok(())
     }
 
-    /// At daemon start: re-adopts qubes that kept running, cleans up after
-    /// those that died meanwhile, then starts `autostart` qubes.
-    pub async fn recover_and_autostart(self: &Arc<Self>) {
+    /// At daemon start, before the Admin API is served (so no call can race
+    /// it): re-adopts qubes that kept running; for the rest, makes sure
+    /// nothing of them is left running, then stops their storage (commit
+    /// included, so nothing is lost).
+    pub async fn recover(self: &Arc<Self>) {
         let Some(rt) = self.runtime().cloned() else {
             return;
         };
@@ -558,6 +605,8 @@ impl Daemon {
             .values()
             .filter(|q| q.class != crate::model::Class::AdminVM)
         {
+            let slot = rt.slot(&q.name);
+            let mut g = slot.lock().await;
             let path = rt.record_path(&q.name);
             let rec: Option<InstanceRecord> = std::fs::read(&path)
                 .ok()
@@ -572,33 +621,46 @@ impl Daemon {
                     }
                 }
             });
-            match adopted {
-                Some(mut inst) => {
-                    let paused = matches!(inst.state(), RunState::Paused);
-                    rt.slot(&q.name).lock().await.inst = Some(inst);
-                    let state = if paused {
-                        PowerState::Paused
-                    } else {
-                        PowerState::Running
-                    };
-                    let _ = self.set_power(&q.name, state).await;
-                    tracing::info!("re-adopted running qube '{}'", q.name);
-                    self.clone().monitor(q.name.clone());
+            if let Some(mut inst) = adopted {
+                let paused = matches!(inst.state(), RunState::Paused);
+                g.inst = Some(inst);
+                let state = if paused {
+                    PowerState::Paused
+                } else {
+                    PowerState::Running
+                };
+                let _ = self.set_power(&q.name, state).await;
+                drop(g);
+                tracing::info!("re-adopted running qube '{}'", q.name);
+                self.clone().monitor(q.name.clone());
+                continue;
+            }
+            let (rt2, app2, q2) = (rt.clone(), app.clone(), q.clone());
+            let r = blocking(move || {
+                // A qube that runs without a usable record (its daemon died
+                // mid-start) must be gone before its volumes are committed.
+                if !rt2.backends().iter().all(|b| b.reap_leftovers(&q2.name)) {
+                    return Err(format!(
+                        "processes of qube '{}' survive SIGKILL; its volumes are left as they are",
+                        q2.name
+                    ));
                 }
-                None => {
-                    let (rt2, app2, q2) = (rt.clone(), app.clone(), q.clone());
-                    let r = blocking(move || {
-                        let _ = std::fs::remove_file(rt2.record_path(&q2.name));
-                        let _ = std::fs::remove_file(rt2.qrexec_link(&q2.name));
-                        rt2.storage.stop(&app2, &q2)
-                    })
-                    .await;
-                    if let Ok(Err(e)) = r {
-                        tracing::error!("qube '{}': cleaning up its storage failed: {e}", q.name);
-                    }
-                }
+                let _ = std::fs::remove_file(rt2.record_path(&q2.name));
+                let _ = std::fs::remove_file(rt2.qrexec_link(&q2.name));
+                rt2.storage.stop(&app2, &q2).map_err(|e| e.to_string())
+            })
+            .await;
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("qube '{}': cleanup failed: {e}", q.name),
+                Err(e) => tracing::error!("qube '{}': {}", q.name, e.message),
             }
         }
+    }
+
+    /// Starts every qube with `autostart` set that is halted.
+    pub async fn autostart(self: &Arc<Self>) {
+        let app = self.snapshot();
         let auto: Vec<String> = app
             .qubes
             .values()

@@ -182,6 +182,9 @@ fn run(opts: Opts) -> Result<()> {
     };
     rt.block_on(async move {
         let daemon = Daemon::start_with_runtime(store, app, Some(gid.as_raw()), runtime);
+        // Before any client can race it: re-adopt running qubes, clean up
+        // after the others.
+        daemon.recover().await;
         let mut servers = Vec::new();
         for path in &opts.sockets {
             let listener = bind_socket(path, Some(gid))?;
@@ -194,7 +197,7 @@ fn run(opts: Opts) -> Result<()> {
         }
         {
             let d = daemon.clone();
-            tokio::spawn(async move { d.recover_and_autostart().await });
+            tokio::spawn(async move { d.autostart().await });
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -215,6 +218,9 @@ fn run(opts: Opts) -> Result<()> {
         if let Some(p) = &opts.pidfile {
             let _ = std::fs::remove_file(p);
         }
-        Ok(())
+        // Exit without running destructors: an instance whose slot was busy
+        // (a start in progress) could not be detached above, and dropping it
+        // would kill its qube.
+        std::process::exit(0)
     })
 }

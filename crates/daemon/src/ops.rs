@@ -93,15 +93,18 @@ impl Daemon {
                     )));
                 }
                 let token = format!("{:032x}", rand::random::<u128>());
-                rt.clone_tokens
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(token.clone(), (name.to_string(), vol.clone()));
+                let mut tokens = rt.clone_tokens.lock().unwrap_or_else(|e| e.into_inner());
+                // Unused tokens expire after a minute.
+                tokens.retain(|_, (_, _, at)| at.elapsed() < std::time::Duration::from_secs(60));
+                tokens.insert(
+                    token.clone(),
+                    (name.to_string(), vol.clone(), std::time::Instant::now()),
+                );
                 Ok(token)
             }
             Call::VolumeCloneTo(vol, token) => {
                 let rt = self.runtime_or_err()?;
-                let (src, src_vol) = rt
+                let (src, src_vol, _) = rt
                     .clone_tokens
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -126,6 +129,12 @@ impl Daemon {
                 let vol = vol.clone();
                 self.with_halted(name, move |rt, app, q| {
                     let c = volume_exists(app, q, &vol)?;
+                    if !c.save_on_stop || c.snap_on_start {
+                        return Err(ApiError::value(format!(
+                            "volume {}:{vol} is not kept across restarts; nothing can be imported into it",
+                            q.name
+                        )));
+                    }
                     let p = rt.storage.import_begin(q, &vol).map_err(storage_err)?;
                     Ok(format!("{} {}", c.size, p.display()))
                 })

@@ -315,6 +315,13 @@ fn root_in_a_qube_cannot_load_modules_see_the_host_mount_disks_or_write_outside(
     );
     // The qube wrote its own /tmp (its volatile layer), not the host's.
     assert!(!Path::new(&marker).exists());
+    // Other host users cannot browse the qube's mounted volumes.
+    use std::os::unix::fs::MetadataExt;
+    let base = e.d.dir.path().join("qubes").join(e.q("work"));
+    for d in ["vol", "volatile"] {
+        let m = std::fs::metadata(base.join(d)).unwrap();
+        assert_eq!(m.mode() & 0o077, 0, "{d} is mode {:o}", m.mode() & 0o7777);
+    }
 }
 
 fn a_qube_over_its_memory_limit_is_contained(mode: &str) {
@@ -350,6 +357,31 @@ fn daemon_restart_readopts_running_qubes_and_autostart_starts_qubes(mode: &str) 
     e.ok(&["shutdown", "--wait", &e.q("work")]);
     assert_eq!(e.state(&e.q("work")), "Halted");
     assert_eq!(e.sh(&e.q("work"), "user", "cat ~/f").1, "before\n");
+    // A qube running without a usable record (its daemon died mid-start) is
+    // killed before its volumes are committed, never started twice.
+    assert_eq!(e.sh(&e.q("work"), "user", "echo after > ~/g; sync").0, 0);
+    let rec =
+        e.d.dir
+            .path()
+            .join(format!("qubes/{}/instance.json", e.q("work")));
+    let helper = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&rec).unwrap())
+        .unwrap()["data"]["helper_pid"]
+        .as_u64()
+        .unwrap();
+    std::fs::remove_file(&rec).unwrap();
+    e.d.restart();
+    assert_eq!(e.state(&e.q("work")), "Halted");
+    // Gone, or a zombie waiting for whoever inherited it to reap it.
+    let stat = std::fs::read_to_string(format!("/proc/{helper}/stat")).unwrap_or_default();
+    let state = stat.rsplit(") ").next().and_then(|r| r.chars().next());
+    assert!(
+        matches!(state, None | Some('Z') | Some('X')),
+        "the unrecorded qube is still running: {stat}"
+    );
+    assert_eq!(
+        e.sh(&e.q("work"), "user", "cat ~/f ~/g").1,
+        "before\nafter\n"
+    );
 }
 
 fn init_pid(e: &Env, vm: &str) -> i32 {

@@ -136,6 +136,9 @@ pub trait Backend: Send + Sync {
     /// Takes over a qube started by an earlier daemon process, from the
     /// record its [`Instance::record`] gave. Fails if that qube is gone.
     fn adopt(&self, record: &InstanceRecord) -> Result<Box<dyn Instance>, HalError>;
+    /// Kills whatever is left of a qube no instance owns (a qube that could
+    /// not be re-adopted); returns whether nothing is left.
+    fn reap_leftovers(&self, qube: &str) -> bool;
 }
 
 /// What a daemon must remember to re-adopt a running qube after a restart

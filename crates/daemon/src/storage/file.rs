@@ -25,6 +25,9 @@ pub struct Storage {
 pub struct Prepared {
     pub root: RootFs,
     pub binds: Vec<Bind>,
+    /// Images this start created: what [`Storage::abort_start`] removes if
+    /// the qube never runs.
+    pub created: Vec<PathBuf>,
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -38,13 +41,36 @@ fn commit_rename(from: &Path, to: &Path) -> io::Result<()> {
     fsync_dir(to.parent().unwrap_or(Path::new("/")))
 }
 
+/// Decodes mountinfo's octal escapes (`\040` for a space…).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn is_mounted(path: &Path) -> bool {
     let Ok(mi) = fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
     let want = path.to_string_lossy();
-    mi.lines()
-        .any(|l| l.split(' ').nth(4).is_some_and(|m| m == want))
+    mi.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .is_some_and(|m| unescape_mountinfo(m) == want)
+    })
 }
 
 impl Storage {
@@ -102,9 +128,20 @@ impl Storage {
         self.qube_dir(q).join(format!("{vol}-import.img"))
     }
 
-    /// Where a running qube's volume is mounted on the host.
+    /// A scratch image for one operation (never the import path, so an
+    /// import in progress is not clobbered).
+    fn tmp_path(&self, q: &Qube, vol: &str, what: &str) -> PathBuf {
+        self.qube_dir(q).join(format!("{vol}-{what}.tmp"))
+    }
+
+    /// Where a running qube's volume is mounted on the host: under the
+    /// private `vol/`, except volatile (see [`Storage::prepare_mount_dirs`]).
     pub fn mount_point(&self, name: &str, vol: &str) -> PathBuf {
-        self.mounts.join(name).join("vol").join(vol)
+        if vol == "volatile" {
+            self.mounts.join(name).join("volatile")
+        } else {
+            self.mounts.join(name).join("vol").join(vol)
+        }
     }
 
     /// Per-qube runtime dir (backend scratch space, instance record).
@@ -213,7 +250,14 @@ impl Storage {
     }
 
     fn mount_image(&self, img: &Path, at: &Path, rw: bool) -> io::Result<()> {
-        let _ = umount2(at, MntFlags::MNT_DETACH);
+        // Never stack a second mount (possibly of the same image, read-write)
+        // over one that is still there: that is how images get corrupted.
+        if is_mounted(at) {
+            return Err(io::Error::other(format!(
+                "{} is still mounted from an earlier run; stop the qube (or restart bulkheadd to clean up) first",
+                at.display()
+            )));
+        }
         fs::create_dir_all(at)?;
         let dev = bulkhead_sys::loopdev::attach(img, !rw)?;
         let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME;
@@ -241,110 +285,132 @@ impl Storage {
         Ok(())
     }
 
-    /// Prepares every volume of `q` for a start and mounts them.
+    /// Host directories a qube's volumes are mounted on: `vol/` is 0700 so
+    /// no other host user can browse a qube's files (stored with the qube's
+    /// own uids, which may coincide with host users'), except the volatile
+    /// volume, which the qube's own root must traverse to reach its overlay
+    /// layers (those are 0700 and owned by the qube's root).
+    fn prepare_mount_dirs(&self, name: &str) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let vol = self.mounts.join(name).join("vol");
+        fs::create_dir_all(&vol)?;
+        fs::set_permissions(&vol, fs::Permissions::from_mode(0o700))?;
+        Ok(())
+    }
+
+    /// Prepares every volume of `q` for a start and mounts them. On failure
+    /// nothing stays mounted and no revision is made.
     pub fn start(&self, app: &App, q: &Qube) -> Result<Prepared, StorageError> {
         let dir = self.qube_dir(q);
         fs::create_dir_all(&dir).map_err(err(q, "*")("create", &dir))?;
+        self.prepare_mount_dirs(&q.name)
+            .map_err(err(q, "*")("create", &self.mounts.join(&q.name)))?;
+        // Dirty images this start made (discarded if it fails).
+        let mut created: Vec<PathBuf> = Vec::new();
+        let result = self.start_inner(app, q, &mut created);
+        if result.is_err() {
+            self.abort_start(app, q, &created);
+        }
+        result
+    }
+
+    fn start_inner(
+        &self,
+        app: &App,
+        q: &Qube,
+        created: &mut Vec<PathBuf>,
+    ) -> Result<Prepared, StorageError> {
+        let dir = self.qube_dir(q);
         let mut root = None;
         let mut private_mnt = None;
         let mut volatile_mnt = None;
-        let result = (|| {
-            for c in volumes(app, q) {
-                let e = err(q, c.name);
-                let at = self.mount_point(&q.name, c.name);
-                let image = match (c.snap_on_start, c.save_on_stop) {
-                    (true, _) => {
-                        // A snapshot of the source's clean image, pinned by a hard link.
-                        let (sq, sv) = c.source.clone().ok_or_else(|| StorageError::Invalid {
-                            qube: q.name.clone(),
-                            volume: c.name.into(),
-                            message:
-                                "has no template to take its snapshot from; set the qube's template"
-                                    .into(),
-                        })?;
-                        let src_q = app.qubes.get(&sq).ok_or_else(|| StorageError::Invalid {
-                            qube: q.name.clone(),
-                            volume: c.name.into(),
-                            message: format!("its source qube '{sq}' does not exist"),
-                        })?;
-                        let src = self.clean(src_q, sv);
-                        if !src.exists() {
-                            return Err(StorageError::Invalid {
-                                qube: q.name.clone(),
-                                volume: c.name.into(),
-                                message: format!(
-                                    "source {sq}:{sv} has no image yet ({}); build or import it first (e.g. `bulkhead template build minimal`)",
-                                    src.display()
-                                ),
-                            });
-                        }
-                        let snap = self.clean(q, c.name);
-                        let tmp = dir.join(format!("{}-snap.tmp", c.name));
-                        let _ = fs::remove_file(&tmp);
-                        fs::hard_link(&src, &tmp).map_err(e("snapshot", &src))?;
-                        fs::rename(&tmp, &snap).map_err(e("snapshot", &snap))?;
-                        if c.name == "private" {
-                            // A disposable's private is writable but thrown
-                            // away: its own copy.
-                            let dirty = self.dirty(q, c.name);
-                            self.clone_image(&snap, &dirty).map_err(e("copy", &snap))?;
-                            dirty
-                        } else {
-                            snap
-                        }
+        for c in volumes(app, q) {
+            let e = err(q, c.name);
+            let at = self.mount_point(&q.name, c.name);
+            let inv = |message: String| StorageError::Invalid {
+                qube: q.name.clone(),
+                volume: c.name.into(),
+                message,
+            };
+            let image = match (c.snap_on_start, c.save_on_stop) {
+                (true, _) => {
+                    // A snapshot of the source's clean image, pinned by a hard link.
+                    let (sq, sv) = c.source.clone().ok_or_else(|| {
+                        inv(
+                            "has no template to take its snapshot from; set the qube's template"
+                                .into(),
+                        )
+                    })?;
+                    let src_q = app
+                        .qubes
+                        .get(&sq)
+                        .ok_or_else(|| inv(format!("its source qube '{sq}' does not exist")))?;
+                    let src = self.clean(src_q, sv);
+                    if !src.exists() {
+                        return Err(inv(format!(
+                            "source {sq}:{sv} has no image yet ({}); build or import it first (e.g. `bulkhead template build minimal`)",
+                            src.display()
+                        )));
                     }
-                    (false, true) => {
-                        let clean = self.clean(q, c.name);
+                    let snap = self.clean(q, c.name);
+                    let tmp = dir.join(format!("{}-snap.tmp", c.name));
+                    let _ = fs::remove_file(&tmp);
+                    fs::hard_link(&src, &tmp).map_err(e("snapshot", &src))?;
+                    fs::rename(&tmp, &snap).map_err(e("snapshot", &snap))?;
+                    if c.name == "private" {
+                        // A disposable's private is writable but thrown
+                        // away: its own copy.
                         let dirty = self.dirty(q, c.name);
-                        if !clean.exists() && !dirty.exists() {
-                            if c.name == "root" {
-                                return Err(StorageError::Invalid {
-                                    qube: q.name.clone(),
-                                    volume: c.name.into(),
-                                    message: format!(
-                                        "no root image at {}; build or import one first",
-                                        clean.display()
-                                    ),
-                                });
-                            }
-                            let tmp = self.import_path(q, c.name);
-                            self.fresh_image(&tmp, c.size, c.name)
-                                .map_err(e("create", &tmp))?;
-                            commit_rename(&tmp, &clean).map_err(e("create", &clean))?;
-                        }
-                        if dirty.exists() {
-                            // Left by a run that was never committed (host
-                            // crash): keep using it, nothing is lost.
-                            dirty
-                        } else if c.revisions_to_keep > 0 {
-                            self.clone_image(&clean, &dirty)
-                                .map_err(e("copy", &clean))?;
-                            dirty
-                        } else {
-                            clean
-                        }
+                        self.clone_image(&snap, &dirty).map_err(e("copy", &snap))?;
+                        created.push(dirty.clone());
+                        dirty
+                    } else {
+                        snap
                     }
-                    (false, false) => {
-                        let img = self.dirty(q, c.name);
-                        self.fresh_image(&img, c.size, c.name)
-                            .map_err(e("create", &img))?;
-                        img
-                    }
-                };
-                let rw = c.rw && !(c.snap_on_start && c.name == "root");
-                self.mount_image(&image, &at, rw)
-                    .map_err(e("mount", &image))?;
-                match c.name {
-                    "root" => root = Some((at, c.snap_on_start)),
-                    "private" => private_mnt = Some(at),
-                    _ => volatile_mnt = Some(at),
                 }
+                (false, true) => {
+                    let clean = self.clean(q, c.name);
+                    let dirty = self.dirty(q, c.name);
+                    if !clean.exists() && !dirty.exists() {
+                        if c.name == "root" {
+                            return Err(inv(format!(
+                                "no root image at {}; build or import one first",
+                                clean.display()
+                            )));
+                        }
+                        let tmp = self.tmp_path(q, c.name, "new");
+                        self.fresh_image(&tmp, c.size, c.name)
+                            .map_err(e("create", &tmp))?;
+                        commit_rename(&tmp, &clean).map_err(e("create", &clean))?;
+                    }
+                    if !dirty.exists() {
+                        // Always a copy, as Qubes does: the clean image may be
+                        // hard-linked by running AppVMs as their read-only
+                        // root, and must never change under them.
+                        self.clone_image(&clean, &dirty)
+                            .map_err(e("copy", &clean))?;
+                        created.push(dirty.clone());
+                    }
+                    // (An existing dirty image is left by a run that was never
+                    // committed, e.g. a host crash: keep using it, nothing is lost.)
+                    dirty
+                }
+                (false, false) => {
+                    let img = self.dirty(q, c.name);
+                    self.fresh_image(&img, c.size, c.name)
+                        .map_err(e("create", &img))?;
+                    created.push(img.clone());
+                    img
+                }
+            };
+            let rw = c.rw && !(c.snap_on_start && c.name == "root");
+            self.mount_image(&image, &at, rw)
+                .map_err(e("mount", &image))?;
+            match c.name {
+                "root" => root = Some((at, c.snap_on_start)),
+                "private" => private_mnt = Some(at),
+                _ => volatile_mnt = Some(at),
             }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            let _ = self.stop(app, q);
-            return Err(e);
         }
         let e = err(q, "*");
         let (root_at, overlay) = root.ok_or_else(|| StorageError::Invalid {
@@ -374,6 +440,7 @@ impl Storage {
         if let Some(p) = private_mnt {
             // Qubes' layout: the private volume at /rw, /rw/home at /home,
             // /rw/usrlocal at /usr/local.
+            //
             // The volume's content is the qube's: /rw/home may be a symlink it
             // planted (say to "/"), which the host must never follow when it
             // binds the directory. Anything but a real directory is moved
@@ -419,7 +486,25 @@ impl Storage {
                 read_only: false,
             });
         }
-        Ok(Prepared { root, binds })
+        Ok(Prepared {
+            root,
+            binds,
+            created: created.clone(),
+        })
+    }
+
+    /// Undoes a start the qube never ran on: unmounts everything and drops
+    /// the dirty images that start made, so no revision is pushed out.
+    pub fn abort_start(&self, app: &App, q: &Qube, created: &[PathBuf]) {
+        for c in volumes(app, q) {
+            let _ = unmount(&self.mount_point(&q.name, c.name));
+        }
+        for p in created {
+            let _ = fs::remove_file(p);
+        }
+        for c in volumes(app, q).iter().filter(|c| c.snap_on_start) {
+            let _ = fs::remove_file(self.clean(q, c.name));
+        }
     }
 
     /// Unmounts and commits or discards every volume of a qube that is not
@@ -465,6 +550,31 @@ impl Storage {
         }
     }
 
+    /// Before replacing a halted qube's clean image: a dirty image left by a
+    /// stop that could not finish would otherwise win at the next start and
+    /// undo the operation. Commit it now (nothing lost), or refuse while it
+    /// is still mounted.
+    fn settle(&self, app: &App, q: &Qube, vol: &str) -> Result<(), StorageError> {
+        let dirty = self.dirty(q, vol);
+        if !dirty.exists() {
+            return Ok(());
+        }
+        if is_mounted(&self.mount_point(&q.name, vol)) {
+            return Err(StorageError::Invalid {
+                qube: q.name.clone(),
+                volume: vol.into(),
+                message: "is still mounted from a run whose stop did not finish; restart bulkheadd to clean up, then retry".into(),
+            });
+        }
+        let c = conf(app, q, vol)?;
+        if c.save_on_stop && !c.snap_on_start {
+            self.commit(q, &c, &dirty)
+        } else {
+            let _ = fs::remove_file(&dirty);
+            Ok(())
+        }
+    }
+
     /// Whether a running AppVM's root snapshot is older than its template's
     /// current root.
     pub fn is_outdated(&self, app: &App, q: &Qube, vol: &str) -> bool {
@@ -504,7 +614,8 @@ impl Storage {
                 ),
             });
         }
-        let tmp = self.import_path(q, vol);
+        self.settle(app, q, vol)?;
+        let tmp = self.tmp_path(q, vol, "revert");
         let _ = fs::remove_file(&tmp);
         fs::hard_link(&src, &tmp).map_err(e("revert from", &src))?;
         // Keep at least one more revision so the reverted-from image stays.
@@ -545,9 +656,10 @@ impl Storage {
         if !clean.exists() {
             return Ok(());
         }
+        self.settle(app, q, vol)?;
         let e = err(q, vol);
         // Grow a copy and commit it: a failure leaves the old image untouched.
-        let tmp = self.import_path(q, vol);
+        let tmp = self.tmp_path(q, vol, "resize");
         self.clone_image(&clean, &tmp).map_err(e("copy", &clean))?;
         OpenOptions::new()
             .write(true)
@@ -598,6 +710,7 @@ impl Storage {
                 message: "no import in progress".into(),
             });
         }
+        self.settle(app, q, vol)?;
         let c = conf(app, q, vol)?;
         self.commit(q, &c, &p)
     }
@@ -617,7 +730,8 @@ impl Storage {
         }
         let dir = self.qube_dir(dst);
         fs::create_dir_all(&dir).map_err(err(dst, vol)("create", &dir))?;
-        let tmp = self.import_path(dst, vol);
+        self.settle(app, dst, vol)?;
+        let tmp = self.tmp_path(dst, vol, "clone");
         self.clone_image(&from, &tmp)
             .map_err(err(dst, vol)("copy", &from))?;
         let c = conf(app, dst, vol)?;

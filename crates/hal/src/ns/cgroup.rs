@@ -54,6 +54,17 @@ fn write(path: &Path, value: &str) -> io::Result<()> {
 impl Cgroup {
     /// Creates the cgroup(s) for `name` with the limits set.
     pub fn create(name: &str, memory_bytes: u64, vcpus: u32, max_pids: u32) -> io::Result<Cgroup> {
+        // Two instances of one qube must never share a cgroup (kill and
+        // limits would reach both): refuse while an earlier one has processes.
+        if let Some(mut old) = Cgroup::existing(name) {
+            let pids = old.pids();
+            if !pids.is_empty() {
+                old.keep = true;
+                return Err(io::Error::other(format!(
+                    "processes of an earlier instance of '{name}' are still running (pids {pids:?}); kill them or restart bulkheadd"
+                )));
+            }
+        }
         let layout = layout();
         let quota = u64::from(vcpus.max(1)) * 100_000;
         let mut cg = Cgroup {
@@ -117,6 +128,55 @@ impl Cgroup {
             }
         }
         Ok(cg)
+    }
+
+    /// The cgroup(s) of a qube named `name`, if any exist.
+    pub fn existing(name: &str) -> Option<Cgroup> {
+        let layout = layout();
+        let dirs: Vec<PathBuf> = match layout {
+            Layout::V2 => vec![Path::new(ROOT).join("bulkhead").join(name)],
+            Layout::V1 => ["memory", "pids", "freezer", "cpu"]
+                .iter()
+                .map(|c| Path::new(ROOT).join(c).join("bulkhead").join(name))
+                .collect(),
+        };
+        let dirs: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
+        (!dirs.is_empty()).then_some(Cgroup {
+            layout,
+            dirs,
+            keep: false,
+        })
+    }
+
+    /// Pids in the cgroup(s).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .dirs
+            .iter()
+            .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|p| {
+                p.lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Waits until no process is left; false on timeout.
+    pub fn wait_empty(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.pids().is_empty() {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 
     /// What [`Cgroup::from_record`] needs.

@@ -79,6 +79,13 @@ impl Backend for NsBackend {
         })
     }
 
+    fn reap_leftovers(&self, qube: &str) -> bool {
+        cgroup::Cgroup::existing(qube).is_none_or(|cg| {
+            cg.kill_all(None);
+            cg.wait_empty(Duration::from_secs(10))
+        })
+    }
+
     fn adopt(&self, record: &crate::InstanceRecord) -> Result<Box<dyn Instance>, HalError> {
         adopt(&record.qube, record).map_err(|what| HalError::Control {
             qube: record.qube.clone(),
@@ -98,6 +105,8 @@ struct Starting {
     mounted: Vec<PathBuf>,
     /// The guest channel tmpfs, unmounted if the start fails.
     channel: Option<PathBuf>,
+    /// Removed (after the helper is gone) if the start fails.
+    cgroup: Option<cgroup::Cgroup>,
 }
 
 impl Drop for Starting {
@@ -105,6 +114,10 @@ impl Drop for Starting {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(cg) = self.cgroup.take() {
+            cg.kill_all(None);
+            cg.wait_empty(Duration::from_secs(5));
         }
         for m in self.mounted.drain(..) {
             let _ = umount2(&m, MntFlags::MNT_DETACH);
@@ -175,6 +188,7 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
         child: None,
         mounted: Vec::new(),
         channel: None,
+        cgroup: None,
     };
     let tmpfs_opts = format!(
         "size=64k,nr_inodes=16,mode=0700,uid={0},gid={0}",
@@ -209,6 +223,10 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
             || format!("chown {}", d.display()),
         )?;
     }
+    // One log per qube, kept to the last runs: past 64 MiB it is rotated.
+    if fs::metadata(&spec.log).is_ok_and(|m| m.len() > 64 << 20) {
+        let _ = fs::rename(&spec.log, spec.log.with_extension("log.old"));
+    }
     if let Some(dir) = spec.log.parent() {
         io(fs::create_dir_all(dir), || {
             format!("create {}", dir.display())
@@ -230,6 +248,7 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
         ),
         || "create cgroups".into(),
     )?;
+    st.cgroup = Some(cg);
     let cfg = init::InitConfig {
         hostname: spec.name.clone(),
         lower: lower.clone(),
@@ -257,7 +276,10 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
     st.child = Some(child);
     let child = st.child.as_mut().ok_or("helper vanished")?;
     let pid = child.id();
-    io(cg.add(pid), || "join cgroups".into())?;
+    io(
+        st.cgroup.as_ref().ok_or("cgroup vanished")?.add(pid),
+        || "join cgroups".into(),
+    )?;
 
     let mut input: ChildStdin = child.stdin.take().ok_or("no helper stdin")?;
     let mut out = BufReader::new(child.stdout.take().ok_or("no helper stdout")?);
@@ -311,6 +333,7 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
     }
     let child = st.child.take().ok_or("helper vanished")?;
     st.channel = None;
+    let cg = st.cgroup.take().ok_or("cgroup vanished")?;
     let helper_start = proc_start_time(child.id());
     Ok(Box::new(NsInstance {
         name: spec.name.clone(),
@@ -335,9 +358,29 @@ fn proc_start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// What a later daemon needs to re-adopt an `ns` qube.
 #[derive(Debug, Serialize, Deserialize)]
 struct NsRecord {
+    /// Pids mean nothing after a reboot.
+    #[serde(default)]
+    boot_id: String,
     helper_pid: u32,
     helper_start: Option<u64>,
     init_pid: u32,
@@ -350,9 +393,15 @@ struct NsRecord {
 fn adopt(name: &str, record: &crate::InstanceRecord) -> Result<Box<dyn Instance>, String> {
     let r: NsRecord = serde_json::from_value(record.data.clone())
         .map_err(|e| format!("unreadable instance record: {e}"))?;
+    if r.boot_id != boot_id() {
+        return Err("it was started before the last reboot".into());
+    }
     let now = proc_start_time(r.helper_pid);
     if now.is_none() || now != r.helper_start {
         return Err("its helper process is gone".into());
+    }
+    if parent_of(r.init_pid) != Some(r.helper_pid) {
+        return Err("its init process is gone".into());
     }
     // The pidfd pins this very process: a pid reused later cannot be mistaken for it.
     let pidfd = bulkhead_sys::process::pidfd_open(r.helper_pid)
@@ -448,8 +497,13 @@ impl NsInstance {
     fn poll(&mut self) -> Option<i32> {
         if self.exited.is_none() {
             if let Some(code) = self.helper.try_wait() {
-                // Nothing of the qube may outlive its helper.
+                // Nothing of the qube may outlive its helper: kill what is
+                // left and wait until it is gone, so the caller can release
+                // the qube's storage safely.
                 self.cgroup.kill_all(None);
+                if !self.cgroup.wait_empty(Duration::from_secs(10)) {
+                    return None;
+                }
                 let _ = umount2(&self.channel, MntFlags::MNT_DETACH);
                 self.exited = Some(code);
             }
@@ -554,6 +608,7 @@ impl Instance for NsInstance {
 
     fn record(&self) -> crate::InstanceRecord {
         let r = NsRecord {
+            boot_id: boot_id(),
             helper_pid: self.helper.id(),
             helper_start: self.helper_start,
             init_pid: self.init_pid,
