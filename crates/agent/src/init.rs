@@ -127,7 +127,7 @@ fn others_alive() -> bool {
 pub fn vmexec(arg: String) -> i32 {
     use std::ffi::OsString;
     use std::os::unix::ffi::OsStringExt;
-    let argv = match crate::service::decode_vmexec(&arg) {
+    let argv = match bulkhead_proto::vmexec::decode(&arg) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("qubes.VMExec: {e}");

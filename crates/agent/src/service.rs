@@ -3,8 +3,7 @@
 //! `user:QUBESRPC SVC+ARG SOURCE [TYPE TARGET]` runs a service found as Qubes
 //! does (`SVC+ARG` before `SVC`, in each directory of the service path in
 //! turn); anything else after `user:` is a shell command (the host only sends
-//! those on the user's behalf). `qubes.VMExec`'s argument encoding is decoded
-//! here too, for the built-in VMExec.
+//! those on the user's behalf).
 
 use std::path::{Path, PathBuf};
 
@@ -92,88 +91,9 @@ pub fn resolve(command: &str, roots: &[&Path]) -> Result<Request, Refusal> {
     Err((qrexec::EXIT_NO_SERVICE, format!("no such service: {svc}")))
 }
 
-/// Decodes a `qubes.VMExec` argument: arguments joined by `+`, bytes outside
-/// `[A-Za-z0-9_.]` written `-XX` (hex), a `-` written `--`.
-pub fn decode_vmexec(arg: &str) -> Result<Vec<Vec<u8>>, String> {
-    if arg.is_empty() {
-        return Err("qubes.VMExec needs the command as its argument".into());
-    }
-    arg.split('+')
-        .map(|part| {
-            let b = part.as_bytes();
-            let mut out = Vec::with_capacity(b.len());
-            let mut i = 0;
-            while i < b.len() {
-                match b[i] {
-                    b'-' if b.get(i + 1) == Some(&b'-') => {
-                        out.push(b'-');
-                        i += 2;
-                    }
-                    b'-' => {
-                        // Exactly two uppercase hex digits: one encoding per
-                        // argv, so policy written against VMExec+ARG holds.
-                        let hex = part
-                            .get(i + 1..i + 3)
-                            .filter(|h| {
-                                h.bytes()
-                                    .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c))
-                            })
-                            .and_then(|h| u8::from_str_radix(h, 16).ok())
-                            .ok_or_else(|| format!("bad escape at byte {i} of {part:?}"))?;
-                        out.push(hex);
-                        i += 3;
-                    }
-                    c if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' => {
-                        out.push(c);
-                        i += 1;
-                    }
-                    c => return Err(format!("character {:?} must be escaped", c as char)),
-                }
-            }
-            Ok(out)
-        })
-        .collect()
-}
-
-/// The inverse of [`decode_vmexec`] (used by tests; the host has its own copy).
-#[cfg(test)]
-fn encode_vmexec(args: &[&[u8]]) -> String {
-    args.iter()
-        .map(|a| {
-            a.iter()
-                .map(|&c| match c {
-                    b'-' => "--".to_string(),
-                    c if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' => {
-                        (c as char).to_string()
-                    }
-                    c => format!("-{c:02X}"),
-                })
-                .collect::<String>()
-        })
-        .collect::<Vec<_>>()
-        .join("+")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vmexec_round_trips_awkward_arguments() {
-        let args: [&[u8]; 4] = [b"sh", b"-c", b"echo a+b $HOME/x y", b"\xff\x00z"];
-        let enc = encode_vmexec(&args);
-        assert!(enc
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+-_.".contains(&b)));
-        assert_eq!(decode_vmexec(&enc).unwrap(), args.map(|a| a.to_vec()));
-    }
-
-    #[test]
-    fn vmexec_rejects_bad_escapes_and_raw_specials() {
-        for bad in ["", "a-", "a-G1", "a b", "a/b", "-", "a-2f", "a-+1", "a--1-"] {
-            assert!(decode_vmexec(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn lookup_prefers_svc_arg_then_svc_and_refuses_traversal() {

@@ -63,25 +63,7 @@ pub fn exec(
     mut stdout: impl Write,
     mut stderr: impl Write,
 ) -> io::Result<i32> {
-    let mut s = connect_guest_socket(socket)?;
-    // A qube that never answers must not hold a host thread forever: the
-    // handshake has a deadline (the command itself may run as long as it likes).
-    s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    send(
-        &mut s,
-        &Message::Hello {
-            version: qrexec::PROTOCOL_VERSION,
-        },
-    )?;
-    let mut dec = Decoder::new(qrexec::MIN_PROTOCOL_VERSION);
-    let version = match recv(&mut s, &mut dec)? {
-        Some(Message::Hello { version }) => {
-            qrexec::negotiate(qrexec::PROTOCOL_VERSION, version).map_err(|e| bad(e.to_string()))?
-        }
-        other => return Err(bad(format!("agent did not say HELLO: {other:?}"))),
-    };
-    dec.set_version(version);
+    let (mut s, mut dec, version) = handshake(socket)?;
     let cmdline = format!("{user}:{command}").into_bytes();
     send(
         &mut s,
@@ -144,7 +126,15 @@ pub fn wait_ready(socket: &Path, timeout: std::time::Duration) -> io::Result<()>
 }
 
 fn hello(socket: &Path) -> io::Result<()> {
+    handshake(socket).map(|_| ())
+}
+
+/// Connects and exchanges HELLO; returns the stream (still with the
+/// handshake deadline set), its decoder and the negotiated version.
+fn handshake(socket: &Path) -> io::Result<(UnixStream, Decoder, u32)> {
     let mut s = connect_guest_socket(socket)?;
+    // A qube that never answers must not hold a host thread forever: the
+    // handshake has a deadline (the command itself may run as long as it likes).
     s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
     send(
@@ -154,8 +144,12 @@ fn hello(socket: &Path) -> io::Result<()> {
         },
     )?;
     let mut dec = Decoder::new(qrexec::MIN_PROTOCOL_VERSION);
-    match recv(&mut s, &mut dec)? {
-        Some(Message::Hello { .. }) => Ok(()),
-        other => Err(bad(format!("agent did not say HELLO: {other:?}"))),
-    }
+    let version = match recv(&mut s, &mut dec)? {
+        Some(Message::Hello { version }) => {
+            qrexec::negotiate(qrexec::PROTOCOL_VERSION, version).map_err(|e| bad(e.to_string()))?
+        }
+        other => return Err(bad(format!("agent did not say HELLO: {other:?}"))),
+    };
+    dec.set_version(version);
+    Ok((s, dec, version))
 }

@@ -16,3 +16,4 @@ pub mod admin;
 pub mod filecopy;
 pub mod names;
 pub mod qrexec;
+pub mod vmexec;

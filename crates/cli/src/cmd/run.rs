@@ -34,25 +34,6 @@ pub struct Args {
     command: Vec<String>,
 }
 
-/// Encodes argv for `qubes.VMExec+ARG` (Qubes' encoding: `[A-Za-z0-9_.]`
-/// kept, `-` as `--`, other bytes as `-XX`, arguments joined by `+`).
-pub fn encode_vmexec(args: &[String]) -> String {
-    args.iter()
-        .map(|a| {
-            a.bytes()
-                .map(|c| match c {
-                    b'-' => "--".to_string(),
-                    c if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' => {
-                        (c as char).to_string()
-                    }
-                    c => format!("-{c:02X}"),
-                })
-                .collect::<String>()
-        })
-        .collect::<Vec<_>>()
-        .join("+")
-}
-
 /// Returns the command's exit code.
 pub fn run(client: &Client, socket: &Path, a: Args) -> Result<u8> {
     super::lookup(client, &a.vm)?;
@@ -92,7 +73,10 @@ pub fn run(client: &Client, socket: &Path, a: Args) -> Result<u8> {
     } else {
         a.command.clone()
     };
-    let service = format!("QUBESRPC qubes.VMExec+{} dom0", encode_vmexec(&argv));
+    let service = format!(
+        "QUBESRPC qubes.VMExec+{} dom0",
+        bulkhead_proto::vmexec::encode(&argv)
+    );
     let link = socket
         .parent()
         .unwrap_or(Path::new("/run/bulkhead"))
@@ -128,15 +112,4 @@ pub fn run(client: &Client, socket: &Path, a: Args) -> Result<u8> {
     }
     .with_context(|| format!("running a command in '{}'", a.vm))?;
     Ok(u8::try_from(code).unwrap_or(125))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn vmexec_encoding_matches_qubes() {
-        let a =
-            |v: &[&str]| super::encode_vmexec(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_eq!(a(&["ls", "-la", "/tmp"]), "ls+--la+-2Ftmp");
-        assert_eq!(a(&["echo", "a b"]), "echo+a-20b");
-    }
 }

@@ -187,8 +187,9 @@ fn write(root: &Path, rel: &str, text: &str, mode: u32) -> Result<()> {
     Ok(())
 }
 
-/// Copies a binary and the shared libraries `ldd` lists for it.
-fn install_binary(root: &Path, bin: &Path, dest: &str) -> Result<()> {
+/// Copies a binary and the shared libraries `ldd` lists for it (replacing
+/// libraries already in the tree only if `replace_libs`).
+fn install_binary(root: &Path, bin: &Path, dest: &str, replace_libs: bool) -> Result<()> {
     let target = root.join(dest.trim_start_matches('/'));
     std::fs::create_dir_all(target.parent().unwrap_or(root))?;
     std::fs::copy(bin, &target).with_context(|| format!("copy {}", bin.display()))?;
@@ -199,8 +200,10 @@ fn install_binary(root: &Path, bin: &Path, dest: &str) -> Result<()> {
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         if let Some(lib) = line.split_whitespace().find(|w| w.starts_with('/')) {
             let t = root.join(lib.trim_start_matches('/'));
-            std::fs::create_dir_all(t.parent().unwrap_or(root))?;
-            std::fs::copy(lib, &t).with_context(|| format!("copy {lib}"))?;
+            if replace_libs || !t.exists() {
+                std::fs::create_dir_all(t.parent().unwrap_or(root))?;
+                std::fs::copy(lib, &t).with_context(|| format!("copy {lib}"))?;
+            }
         }
     }
     Ok(())
@@ -282,21 +285,7 @@ fn debian_tree(root: &Path, agent: &Path, mirror: &str, include: &str) -> Result
     }
     // The agent: Debian already has its libraries (same glibc family); copy
     // only what is missing.
-    let target = root.join("usr/bin/bulkhead-agent");
-    std::fs::copy(agent, &target).with_context(|| format!("copy {}", agent.display()))?;
-    let ldd = Command::new("ldd")
-        .arg(agent)
-        .output()
-        .context("cannot run ldd")?;
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        if let Some(lib) = line.split_whitespace().find(|w| w.starts_with('/')) {
-            let t = root.join(lib.trim_start_matches('/'));
-            if !t.exists() {
-                std::fs::create_dir_all(t.parent().unwrap_or(root))?;
-                std::fs::copy(lib, &t).with_context(|| format!("copy {lib}"))?;
-            }
-        }
-    }
+    install_binary(root, agent, "/usr/bin/bulkhead-agent", false)?;
     let useradd = Command::new("chroot")
         .arg(root)
         .args([
@@ -322,22 +311,7 @@ fn debian_tree(root: &Path, agent: &Path, mirror: &str, include: &str) -> Result
     for d in ["rw", "etc/qubes-rpc"] {
         std::fs::create_dir_all(root.join(d))?;
     }
-    write(
-        root,
-        "etc/qubes-rpc/qubes.VMShell",
-        "#!/bin/sh\nexec /bin/bash\n",
-        0o755,
-    )?;
-    write(
-        root,
-        "etc/qubes-rpc/qubes.GetDate",
-        "#!/bin/sh\nexec date -u -Iseconds\n",
-        0o755,
-    )?;
-    symlink(
-        "/usr/bin/bulkhead-agent",
-        root.join("etc/qubes-rpc/qubes.VMExec"),
-    )?;
+    qrexec_services(root, "/bin/bash")?;
     // Downloaded packages are not part of the template.
     if let Ok(entries) = std::fs::read_dir(root.join("var/cache/apt/archives")) {
         for e in entries.flatten() {
@@ -391,7 +365,7 @@ fn minimal_tree(root: &Path, busybox: &Path, agent: &Path) -> Result<()> {
             symlink("/bin/busybox", &link)?;
         }
     }
-    install_binary(root, agent, "/usr/bin/bulkhead-agent")?;
+    install_binary(root, agent, "/usr/bin/bulkhead-agent", true)?;
     write(root, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n", 0o644)?;
     write(
         root,
@@ -406,10 +380,16 @@ fn minimal_tree(root: &Path, busybox: &Path, agent: &Path) -> Result<()> {
         "export PS1='[\\u@\\h \\W]\\$ '\n",
         0o644,
     )?;
+    qrexec_services(root, "/bin/sh")
+}
+
+/// The standard services every template has: VMShell (with `shell`),
+/// VMExec (the agent binary serves it when called by that name), GetDate.
+fn qrexec_services(root: &Path, shell: &str) -> Result<()> {
     write(
         root,
         "etc/qubes-rpc/qubes.VMShell",
-        "#!/bin/sh\nexec /bin/sh\n",
+        &format!("#!/bin/sh\nexec {shell}\n"),
         0o755,
     )?;
     write(
@@ -418,7 +398,6 @@ fn minimal_tree(root: &Path, busybox: &Path, agent: &Path) -> Result<()> {
         "#!/bin/sh\nexec date -u -Iseconds\n",
         0o755,
     )?;
-    // The agent binary serves VMExec itself when called by this name.
     symlink(
         "/usr/bin/bulkhead-agent",
         root.join("etc/qubes-rpc/qubes.VMExec"),
