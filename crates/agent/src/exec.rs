@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use bulkhead_proto::qrexec::{self, encode, max_chunk, Decoder, Message};
+use bulkhead_proto::qrexec::{self, max_chunk, Decoder, Message};
 
 use crate::reaper::Reaper;
 
@@ -36,29 +36,10 @@ fn lookup_user(name: &str) -> Option<User> {
 }
 
 fn send(out: &Mutex<UnixStream>, m: &Message) -> io::Result<()> {
-    let bytes =
-        encode(m).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    out.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .write_all(&bytes)
+    bulkhead_proto::qrexec_io::send(&mut *out.lock().unwrap_or_else(|e| e.into_inner()), m)
 }
 
-fn recv(stream: &mut UnixStream, dec: &mut Decoder) -> io::Result<Option<Message>> {
-    let mut buf = [0u8; 16384];
-    loop {
-        if let Some(m) = dec
-            .next_message()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
-        {
-            return Ok(Some(m));
-        }
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        dec.feed(&buf[..n]);
-    }
-}
+use bulkhead_proto::qrexec_io::recv;
 
 fn pump(
     mut from: impl Read,

@@ -10,6 +10,7 @@
 //! depend on a host crate (checked by `crates/daemon/tests/deps.rs`).
 #![forbid(unsafe_code)]
 
+mod client;
 mod exec;
 mod init;
 mod reaper;
@@ -24,6 +25,9 @@ fn main() {
     if argv0.rsplit('/').next() == Some("qubes.VMExec") {
         std::process::exit(init::vmexec(std::env::args().nth(1).unwrap_or_default()));
     }
+    if argv0.rsplit('/').next() == Some("qrexec-client-vm") {
+        std::process::exit(client::main(std::env::args().collect()));
+    }
     let socket = std::env::args()
         .nth(1)
         .map(PathBuf::from)
@@ -34,6 +38,7 @@ fn main() {
     let reaper = reaper::Reaper::start();
     if std::process::id() == 1 {
         init::on_shutdown_signal();
+        client::serve_local_socket();
     }
     // Bind under a temporary name and rename: the socket appears only once it
     // is listening, so the host never sees a path that refuses connections.

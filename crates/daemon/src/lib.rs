@@ -15,6 +15,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod model;
 pub mod ops;
+pub mod qrexec;
 pub mod server;
 pub mod storage;
 pub mod store;

@@ -39,9 +39,25 @@ pub const MAX_PIDS: u32 = 4096;
 /// How often running qubes are checked for an unexpected exit.
 const MONITOR_PERIOD: Duration = Duration::from_millis(100);
 
+/// Where the runtime's pieces are.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    /// The `ns` backend's helper.
+    pub nsinit: PathBuf,
+    /// The per-qube qrexec relay.
+    pub relay: PathBuf,
+    /// qrexec policy directories (`*.policy`), in priority order.
+    pub policy_dirs: Vec<PathBuf>,
+}
+
 /// What the lifecycle needs from the host.
 pub struct Runtime {
     pub storage: Storage,
+    /// qrexec policy, for calls between qubes.
+    pub policy: crate::qrexec::PolicyStore,
+    relay_bin: PathBuf,
     backends: Vec<Box<dyn Backend>>,
     run_dir: PathBuf,
     log_dir: PathBuf,
@@ -59,15 +75,18 @@ pub struct Slot {
 }
 
 impl Runtime {
-    /// Sets up storage and backends; `nsinit` is the `ns` helper.
-    pub fn new(state_dir: &Path, run_dir: &Path, nsinit: PathBuf) -> std::io::Result<Runtime> {
+    /// Sets up storage, backends and policy.
+    pub fn new(cfg: RuntimeConfig) -> std::io::Result<Runtime> {
+        let (state_dir, run_dir) = (cfg.state_dir.as_path(), cfg.run_dir.as_path());
         check_reachable(run_dir)?;
         let storage = Storage::open(state_dir, run_dir)?;
         let log_dir = state_dir.join("logs");
         std::fs::create_dir_all(&log_dir)?;
-        let backends = vec![bulkhead_hal::pick("ns", nsinit).map_err(std::io::Error::other)?];
+        let backends = vec![bulkhead_hal::pick("ns", cfg.nsinit).map_err(std::io::Error::other)?];
         Ok(Runtime {
             storage,
+            policy: crate::qrexec::PolicyStore::new(cfg.policy_dirs),
+            relay_bin: cfg.relay,
             backends,
             run_dir: run_dir.to_path_buf(),
             log_dir,
@@ -107,6 +126,83 @@ impl Runtime {
     /// Qubes' qrexec-daemon makes them).
     pub fn qrexec_link(&self, name: &str) -> PathBuf {
         self.run_dir.join(format!("qrexec.{name}"))
+    }
+
+    /// The socket relays ask for policy decisions on.
+    pub fn policy_socket(&self) -> PathBuf {
+        self.run_dir.join("qrexec-policy.sock")
+    }
+
+    fn relay_record(&self, name: &str) -> PathBuf {
+        self.storage.runtime_dir(name).join("relay.json")
+    }
+
+    /// Starts the qube's qrexec relay as the qube's own host uid (the base
+    /// of its range: a compromised relay holds nothing the qube's root does
+    /// not), listening in the qube's guest channel.
+    fn start_relay(&self, name: &str, channel: &Path, uid: u32) -> std::io::Result<()> {
+        use std::os::unix::process::CommandExt;
+        self.stop_relay(name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_dir.join(format!("relay-{name}.log")))?;
+        let child = std::process::Command::new(&self.relay_bin)
+            .arg("--listen")
+            .arg(channel.join("relay.sock"))
+            .arg("--policy")
+            .arg(self.policy_socket())
+            .arg("--qube")
+            .arg(name)
+            .env_clear()
+            .uid(uid)
+            .gid(uid)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()?;
+        let pid = child.id();
+        let rec = serde_json::json!({"pid": pid, "start": proc_start(pid)});
+        std::fs::write(self.relay_record(name), rec.to_string())?;
+        // Reaped by a thread: the relay is not waited for anywhere else.
+        std::thread::spawn(move || {
+            let mut child = child;
+            let _ = child.wait();
+        });
+        Ok(())
+    }
+
+    /// Stops the qube's relay (if the recorded process is still that relay).
+    fn stop_relay(&self, name: &str) {
+        let path = self.relay_record(name);
+        let Ok(bytes) = std::fs::read(&path) else {
+            return;
+        };
+        let _ = std::fs::remove_file(&path);
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            return;
+        };
+        let (Some(pid), start) = (v["pid"].as_u64(), v["start"].as_u64()) else {
+            return;
+        };
+        if start.is_some() && proc_start(pid as u32) == start {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    /// Whether the recorded relay of a qube is alive.
+    fn relay_alive(&self, name: &str) -> bool {
+        std::fs::read(self.relay_record(name))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| {
+                let (pid, start) = (v["pid"].as_u64(), v["start"].as_u64());
+                pid.is_some() && start.is_some() && proc_start(pid.unwrap_or(0) as u32) == start
+            })
     }
 
     fn record_path(&self, name: &str) -> PathBuf {
@@ -173,6 +269,13 @@ impl Runtime {
             log: self.console_log(&q.name),
         })
     }
+}
+
+/// A process's start time (field 22 of /proc/PID/stat).
+fn proc_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// A qube's root (an unprivileged host uid) resolves its mount sources
@@ -312,6 +415,20 @@ impl Daemon {
                     format!("cannot save the instance record of '{}': {e}", q2.name),
                 ));
             }
+            let channel = inst
+                .agent_socket()
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            if let Err(e) = rt2.start_relay(&q2.name, &channel, spec.uid_base) {
+                let _ = inst.kill();
+                drop(inst);
+                let _ = std::fs::remove_file(rt2.record_path(&q2.name));
+                return abort(ApiError::new(
+                    Exc::QubesVMError,
+                    format!("cannot start the qrexec relay of '{}': {e}", q2.name),
+                ));
+            }
             let t_backend = t0.elapsed();
             let ready =
                 bulkhead_hal::guest::wait_ready(&inst.agent_socket(), Duration::from_secs(timeout));
@@ -325,6 +442,7 @@ impl Daemon {
             if let Err(e) = ready {
                 let _ = inst.kill();
                 drop(inst);
+                rt2.stop_relay(&q2.name);
                 let _ = std::fs::remove_file(rt2.record_path(&q2.name));
                 // The qube ran: keep what it wrote.
                 let _ = rt2.storage.stop(&app2, &q2);
@@ -409,6 +527,7 @@ impl Daemon {
         if let Ok(q) = app.vm(name) {
             let (rt2, app2, q2) = (rt.clone(), app.clone(), q.clone());
             let r = blocking(move || {
+                rt2.stop_relay(&q2.name);
                 let _ = std::fs::remove_file(rt2.qrexec_link(&q2.name));
                 let _ = std::fs::remove_file(rt2.record_path(&q2.name));
                 rt2.storage.stop(&app2, &q2)
@@ -622,6 +741,17 @@ impl Daemon {
                 }
             });
             if let Some(mut inst) = adopted {
+                if !rt.relay_alive(&q.name) {
+                    let channel = inst
+                        .agent_socket()
+                        .parent()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_default();
+                    let uid = UID_BASE + q.qid * UID_RANGE;
+                    if let Err(e) = rt.start_relay(&q.name, &channel, uid) {
+                        tracing::error!("qube '{}': cannot restart its qrexec relay: {e}", q.name);
+                    }
+                }
                 let paused = matches!(inst.state(), RunState::Paused);
                 g.inst = Some(inst);
                 let state = if paused {
@@ -645,6 +775,7 @@ impl Daemon {
                         q2.name
                     ));
                 }
+                rt2.stop_relay(&q2.name);
                 let _ = std::fs::remove_file(rt2.record_path(&q2.name));
                 let _ = std::fs::remove_file(rt2.qrexec_link(&q2.name));
                 rt2.storage.stop(&app2, &q2).map_err(|e| e.to_string())

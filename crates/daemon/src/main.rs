@@ -42,6 +42,13 @@ struct Opts {
     /// The `ns` backend's helper; default: `bulkhead-nsinit` next to this binary.
     #[arg(long)]
     nsinit: Option<PathBuf>,
+    /// The per-qube qrexec relay; default: `bulkhead-qrexec-relay` next to this binary.
+    #[arg(long)]
+    relay: Option<PathBuf>,
+    /// qrexec policy directory (`*.policy`, Qubes R4.1+ format); repeat for
+    /// several, highest priority first.
+    #[arg(long = "policy-dir", default_value = "/etc/bulkhead/policy.d")]
+    policy_dirs: Vec<PathBuf>,
     /// Serve the Admin API on the state only, without running qubes.
     #[arg(long)]
     no_runtime: bool,
@@ -160,13 +167,21 @@ fn run(opts: Opts) -> Result<()> {
                 .map(std::path::Path::to_path_buf)
                 .unwrap_or_else(|| PathBuf::from("/run/bulkhead"))
         });
-        let nsinit = match &opts.nsinit {
-            Some(p) => p.clone(),
-            None => std::env::current_exe()
-                .context("cannot find own executable")?
-                .with_file_name("bulkhead-nsinit"),
+        let exe = std::env::current_exe().context("cannot find own executable")?;
+        let cfg = bulkheadd::lifecycle::RuntimeConfig {
+            state_dir: opts.state_dir.clone(),
+            run_dir: run_dir.clone(),
+            nsinit: opts
+                .nsinit
+                .clone()
+                .unwrap_or_else(|| exe.with_file_name("bulkhead-nsinit")),
+            relay: opts
+                .relay
+                .clone()
+                .unwrap_or_else(|| exe.with_file_name("bulkhead-qrexec-relay")),
+            policy_dirs: opts.policy_dirs.clone(),
         };
-        let r = bulkheadd::lifecycle::Runtime::new(&opts.state_dir, &run_dir, nsinit)
+        let r = bulkheadd::lifecycle::Runtime::new(cfg)
             .with_context(|| format!("cannot set up the qube runtime in {}", run_dir.display()))?;
         for b in r.backends() {
             let caps = b.capabilities();
@@ -185,6 +200,12 @@ fn run(opts: Opts) -> Result<()> {
         // Before any client can race it: re-adopt running qubes, clean up
         // after the others.
         daemon.recover().await;
+        if let Some(rt) = daemon.runtime() {
+            let path = rt.policy_socket();
+            let l = bulkheadd::qrexec::bind_policy_socket(&path)
+                .with_context(|| format!("cannot listen on {}", path.display()))?;
+            tokio::spawn(bulkheadd::qrexec::serve_policy(daemon.clone(), l));
+        }
         let mut servers = Vec::new();
         for path in &opts.sockets {
             let listener = bind_socket(path, Some(gid))?;

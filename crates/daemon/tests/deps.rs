@@ -22,7 +22,7 @@ fn guest_shared_crates_do_not_depend_on_host_crates() {
         String::from_utf8_lossy(&out.stderr)
     );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let host_crates = ["bulkheadd", "bulkhead-cli", "bulkhead-hal"];
+    let host_crates = ["bulkheadd", "bulkhead-cli", "bulkhead-hal", "bulkhead-relay"];
     // Code that runs inside qubes, or that they link.
     let guest_shared = [
         "bulkhead-proto",
@@ -43,6 +43,19 @@ fn guest_shared_crates_do_not_depend_on_host_crates() {
                 "{name} (guest-shared) depends on host crate {dn}"
             );
         }
+    }
+    // The relay parses everything a qube sends, as the qube's own uid: it
+    // links only the pure protocol crate and the syscall crate.
+    let relay = packages
+        .iter()
+        .find(|p| p["name"] == "bulkhead-relay")
+        .expect("bulkhead-relay is not in the workspace");
+    for dep in relay["dependencies"].as_array().unwrap() {
+        let dn = dep["name"].as_str().unwrap();
+        assert!(
+            ["bulkhead-proto", "bulkhead-sys"].contains(&dn),
+            "bulkhead-relay must not depend on {dn}"
+        );
     }
     for g in guest_shared {
         assert!(

@@ -12,7 +12,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use bulkhead_proto::qrexec::{self, encode, max_chunk, Decoder, Message};
+use bulkhead_proto::qrexec::{self, max_chunk, Decoder, Message};
 
 /// How long the agent may take to answer HELLO and accept the call.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -34,24 +34,7 @@ pub fn connect_guest_socket(path: &Path) -> io::Result<UnixStream> {
     UnixStream::connect(format!("/proc/self/fd/{}", f.as_raw_fd()))
 }
 
-fn send(s: &mut UnixStream, m: &Message) -> io::Result<()> {
-    let bytes = encode(m).map_err(|e| bad(e.to_string()))?;
-    s.write_all(&bytes)
-}
-
-fn recv(s: &mut UnixStream, dec: &mut Decoder) -> io::Result<Option<Message>> {
-    let mut buf = [0u8; 65536];
-    loop {
-        if let Some(m) = dec.next_message().map_err(|e| bad(e.to_string()))? {
-            return Ok(Some(m));
-        }
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        dec.feed(&buf[..n]);
-    }
-}
+use bulkhead_proto::qrexec_io::{recv, send};
 
 /// Runs `user:command` in the qube behind `socket`; copies `stdin` to it and
 /// its output to `stdout`/`stderr`; returns its exit code.
@@ -131,25 +114,12 @@ fn hello(socket: &Path) -> io::Result<()> {
 
 /// Connects and exchanges HELLO; returns the stream (still with the
 /// handshake deadline set), its decoder and the negotiated version.
-fn handshake(socket: &Path) -> io::Result<(UnixStream, Decoder, u32)> {
+pub fn handshake(socket: &Path) -> io::Result<(UnixStream, Decoder, u32)> {
     let mut s = connect_guest_socket(socket)?;
     // A qube that never answers must not hold a host thread forever: the
     // handshake has a deadline (the command itself may run as long as it likes).
     s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    send(
-        &mut s,
-        &Message::Hello {
-            version: qrexec::PROTOCOL_VERSION,
-        },
-    )?;
-    let mut dec = Decoder::new(qrexec::MIN_PROTOCOL_VERSION);
-    let version = match recv(&mut s, &mut dec)? {
-        Some(Message::Hello { version }) => {
-            qrexec::negotiate(qrexec::PROTOCOL_VERSION, version).map_err(|e| bad(e.to_string()))?
-        }
-        other => return Err(bad(format!("agent did not say HELLO: {other:?}"))),
-    };
-    dec.set_version(version);
+    let (dec, version) = bulkhead_proto::qrexec_io::hello(&mut s)?;
     Ok((s, dec, version))
 }

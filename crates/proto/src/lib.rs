@@ -1,7 +1,8 @@
 //! `bulkhead-proto`: the wire formats that cross Bulkhead's trust boundaries.
 //!
-//! Everything here is pure: no I/O, no global state, no allocation beyond the
-//! size limits each format sets. Bytes handed to these parsers may come from a
+//! Everything here is pure: no I/O of its own (`qrexec_io` only frames
+//! messages over the caller's `Read`/`Write`), no global state, no allocation
+//! beyond the size limits each format sets. Bytes handed to these parsers may come from a
 //! hostile qube, so every parser returns an error instead of panicking and never
 //! reads past the limits defined next to it. Each parser has a `cargo fuzz`
 //! target in `fuzz/`.
@@ -16,4 +17,5 @@ pub mod admin;
 pub mod filecopy;
 pub mod names;
 pub mod qrexec;
+pub mod qrexec_io;
 pub mod vmexec;

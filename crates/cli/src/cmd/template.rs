@@ -402,5 +402,9 @@ fn qrexec_services(root: &Path, shell: &str) -> Result<()> {
         "/usr/bin/bulkhead-agent",
         root.join("etc/qubes-rpc/qubes.VMExec"),
     )?;
+    // Calls to other qubes (the agent binary under Qubes' name).
+    let client = root.join("usr/bin/qrexec-client-vm");
+    let _ = std::fs::remove_file(&client);
+    symlink("bulkhead-agent", client)?;
     Ok(())
 }

@@ -1,0 +1,204 @@
+//! Calls from inside a qube: `qrexec-client-vm` (the agent binary under that
+//! name) and the agent's local socket that carries them to the host.
+//!
+//! `qrexec-client-vm [options] TARGET SERVICE[+ARG] [LOCAL_PROGRAM [ARGS…]]`
+//! connects to [`AGENT_SOCKET`], which the agent (PID 1, qube root) forwards
+//! byte for byte to the qube's relay on the host (`/run/bulkhead/relay.sock`
+//! in the guest channel). It asks for the call with `MSG_TRIGGER_SERVICE3`;
+//! the host checks policy and answers `SERVICE_CONNECT` or
+//! `SERVICE_REFUSED`. Exit codes as Qubes: 126 refused, 127 no such service
+//! (from the target), 125 qrexec failure, else the service's exit code —
+//! or, with a local program, that program's.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Command, Stdio};
+
+use bulkhead_proto::qrexec::{self, max_chunk, Message};
+use bulkhead_proto::qrexec_io::{hello, recv, send};
+
+/// Where `qrexec-client-vm` connects (Qubes' path).
+pub const AGENT_SOCKET: &str = "/run/qubes/qrexec-agent";
+/// The relay's socket in the guest channel.
+pub const RELAY_SOCKET: &str = "/run/bulkhead/relay.sock";
+
+/// Serves [`AGENT_SOCKET`]: each connection is spliced to the relay.
+pub fn serve_local_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::create_dir_all("/run/qubes");
+    let _ = std::fs::set_permissions("/run/qubes", std::fs::Permissions::from_mode(0o755));
+    let _ = std::fs::remove_file(AGENT_SOCKET);
+    let listener = match UnixListener::bind(AGENT_SOCKET) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("bulkhead-agent: cannot listen on {AGENT_SOCKET}: {e}");
+            return;
+        }
+    };
+    // Any user of the qube may make calls; policy on the host decides.
+    let _ = std::fs::set_permissions(AGENT_SOCKET, std::fs::Permissions::from_mode(0o666));
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Ok(relay) = UnixStream::connect(RELAY_SOCKET) else {
+                    return; // the caller sees the connection close: 125
+                };
+                splice(conn, relay);
+            });
+        }
+    });
+}
+
+/// Copies bytes both ways until each side is done.
+fn splice(a: UnixStream, b: UnixStream) {
+    let (Ok(mut a2), Ok(mut b2)) = (a.try_clone(), b.try_clone()) else {
+        return;
+    };
+    let (mut a, mut b) = (a, b);
+    let t = std::thread::spawn(move || {
+        let _ = io::copy(&mut a2, &mut b2);
+        let _ = b2.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = io::copy(&mut b, &mut a);
+    let _ = a.shutdown(std::net::Shutdown::Write);
+    let _ = t.join();
+}
+
+fn usage() -> i32 {
+    eprintln!("usage: qrexec-client-vm [options] TARGET SERVICE[+ARG] [LOCAL_PROGRAM [ARGS...]]");
+    2
+}
+
+/// `qrexec-client-vm`; returns the exit code.
+pub fn main(args: Vec<String>) -> i32 {
+    let mut it = args.into_iter().skip(1).peekable();
+    // Qubes' options that change nothing here are accepted and ignored.
+    while let Some(a) = it.peek().cloned() {
+        match a.as_str() {
+            "--" => {
+                it.next();
+                break;
+            }
+            "-h" | "--help" => return usage(),
+            "--no-filter-escape-chars-stdout"
+            | "--no-filter-escape-chars-stderr"
+            | "-t"
+            | "-T"
+            | "--filter-escape-chars-stdout"
+            | "--filter-escape-chars-stderr" => {
+                it.next();
+            }
+            s if s.starts_with("--buffer-size") || s.starts_with("--agent-socket") => {
+                it.next();
+                if !s.contains('=') {
+                    it.next();
+                }
+            }
+            s if s.starts_with('-') => {
+                eprintln!("qrexec-client-vm: unknown option {s}");
+                return usage();
+            }
+            _ => break,
+        }
+    }
+    let (Some(target), Some(service)) = (it.next(), it.next()) else {
+        return usage();
+    };
+    let local: Vec<String> = it.collect();
+    match run(&target, &service, &local) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("qrexec-client-vm: {e}");
+            qrexec::EXIT_QREXEC_FAILED
+        }
+    }
+}
+
+fn run(target: &str, service: &str, local: &[String]) -> io::Result<i32> {
+    let mut s = UnixStream::connect(AGENT_SOCKET)?;
+    let (mut dec, version) = hello(&mut s)?;
+    send(
+        &mut s,
+        &Message::TriggerService3 {
+            target_domain: target.to_string(),
+            ident: format!("SOCKET{}", std::process::id()),
+            service_name: service.to_string(),
+        },
+    )?;
+    match recv(&mut s, &mut dec)? {
+        Some(Message::ServiceConnect { .. }) => {}
+        Some(Message::ServiceRefused { .. }) => {
+            eprintln!("Request refused");
+            return Ok(qrexec::EXIT_REFUSED);
+        }
+        other => return Err(io::Error::other(format!("unexpected answer {other:?}"))),
+    }
+    let chunk = max_chunk(version);
+    // The service's input: our stdin, or the local program's stdout.
+    let mut child = None;
+    let input: Box<dyn Read + Send> = if let Some((prog, args)) = local.split_first() {
+        let mut c = Command::new(prog)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let out = c
+            .stdout
+            .take()
+            .ok_or_else(|| io::Error::other("no stdout"))?;
+        child = Some(c);
+        Box::new(out)
+    } else {
+        Box::new(io::stdin())
+    };
+    let mut w = s.try_clone()?;
+    let feeder = std::thread::spawn(move || -> io::Result<()> {
+        let mut input = input;
+        let mut buf = vec![0u8; chunk];
+        loop {
+            let n = input.read(&mut buf)?;
+            send(&mut w, &Message::DataStdin(buf[..n].to_vec()))?;
+            if n == 0 {
+                return Ok(());
+            }
+        }
+    });
+    let mut local_in = child.as_mut().and_then(|c| c.stdin.take());
+    let mut stdout = io::stdout();
+    let mut stderr = io::stderr();
+    let code = loop {
+        match recv(&mut s, &mut dec)? {
+            Some(Message::DataStdout(d)) if d.is_empty() => {
+                local_in = None; // EOF to the local program
+            }
+            Some(Message::DataStdout(d)) => match local_in.as_mut() {
+                Some(li) => {
+                    if li.write_all(&d).is_err() {
+                        local_in = None;
+                    }
+                }
+                None if child.is_some() => {}
+                None => {
+                    stdout.write_all(&d)?;
+                    stdout.flush()?;
+                }
+            },
+            Some(Message::DataStderr(d)) => {
+                stderr.write_all(&d)?;
+            }
+            Some(Message::ExitCode(c)) => {
+                break i32::try_from(c).unwrap_or(qrexec::EXIT_QREXEC_FAILED)
+            }
+            None => break qrexec::EXIT_QREXEC_FAILED,
+            Some(other) => return Err(io::Error::other(format!("unexpected message {other:?}"))),
+        }
+    };
+    drop(local_in);
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    drop(feeder);
+    if let Some(mut c) = child {
+        let status = c.wait()?;
+        return Ok(status.code().unwrap_or(qrexec::EXIT_QREXEC_FAILED));
+    }
+    Ok(code)
+}

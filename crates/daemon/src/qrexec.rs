@@ -1,0 +1,378 @@
+//! Qube-to-qube qrexec calls, the daemon's part: policy and connecting.
+//!
+//! Each running qube has a relay (`bulkhead-qrexec-relay`, running as that
+//! qube's own unprivileged host uid) that parses everything the qube sends.
+//! When the qube asks for a call, its relay asks here, on the policy socket:
+//!
+//! ```text
+//! relay → daemon:  service=SVC[+ARG]\ntarget=TARGET\n\n
+//! daemon → relay:  result=allow\nversion=N\n\n   + the connected target fd
+//!                  result=deny\ncode=126|125\nreason=…\n\n
+//! ```
+//!
+//! The source is never taken from the request: it is the qube whose uid
+//! range the relay's uid (SO_PEERCRED) starts. On allow, the daemon itself
+//! connects to the target's agent and sends `user:QUBESRPC SVC+ARG SOURCE`,
+//! so a compromised relay cannot choose the command, the user or the target.
+//! Policy files are Qubes' R4.1+ format (`bulkhead-policy`), reloaded when
+//! any file in the policy directories changes.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bulkhead_policy::{Decision, Domain, Policy, PolicyError, Request, System};
+use bulkhead_proto::qrexec::{self, Message};
+
+use crate::lifecycle::{UID_BASE, UID_RANGE};
+use crate::model::props::{self, Holder};
+use crate::model::{App, PowerState, DOM0};
+use crate::server::Daemon;
+
+/// Largest request a relay may send.
+pub const MAX_REQUEST: usize = qrexec::MAX_SERVICE_NAME_LEN + 256;
+
+/// (path, mtime, size) of every file in the policy directories.
+type Fingerprint = Vec<(PathBuf, SystemTime, u64)>;
+/// A loaded policy, or why it cannot be used.
+type Loaded = Result<Arc<Policy>, PolicyError>;
+
+/// The policy files, reloaded when they change.
+pub struct PolicyStore {
+    dirs: Vec<PathBuf>,
+    cache: Mutex<Option<(Fingerprint, Loaded)>>,
+}
+
+fn fingerprint(dirs: &[PathBuf]) -> Fingerprint {
+    let mut v = Vec::new();
+    for d in dirs {
+        let Ok(entries) = std::fs::read_dir(d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if let Ok(m) = e.metadata() {
+                v.push((
+                    e.path(),
+                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    m.len(),
+                ));
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+impl PolicyStore {
+    pub fn new(dirs: Vec<PathBuf>) -> PolicyStore {
+        PolicyStore {
+            dirs,
+            cache: Mutex::new(None),
+        }
+    }
+
+    /// The policy directories, in priority order.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// The current policy; an invalid one is an error naming file and line
+    /// (and every call is denied until it is fixed).
+    pub fn current(&self) -> Result<Arc<Policy>, PolicyError> {
+        let fp = fingerprint(&self.dirs);
+        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((old, p)) = c.as_ref() {
+            if *old == fp {
+                return p.clone();
+            }
+        }
+        let existing: Vec<PathBuf> = self.dirs.iter().filter(|d| d.is_dir()).cloned().collect();
+        let p = bulkhead_policy::load_dirs(&existing, &bulkhead_policy::OsFiles).map(Arc::new);
+        match &p {
+            Ok(pol) => tracing::info!("qrexec policy loaded: {} rules", pol.rules().len()),
+            Err(e) => tracing::error!("qrexec policy is invalid, every call is denied: {e}"),
+        }
+        *c = Some((fp, p.clone()));
+        p
+    }
+}
+
+/// What the policy evaluator needs to know about every qube.
+pub fn system(app: &App) -> System {
+    let mut sys = System::default();
+    for q in app.qubes.values() {
+        let get = |p: &str| props::value(app, Holder::Vm(&q.name), p).ok();
+        sys.domains.insert(
+            q.name.clone(),
+            Domain {
+                name: q.name.clone(),
+                class: q.class.name().to_string(),
+                tags: q.tags.iter().cloned().collect(),
+                template_for_dispvms: get("template_for_dispvms").is_some_and(|v| v.as_bool()),
+                default_dispvm: get("default_dispvm").and_then(|v| v.as_vm().map(str::to_string)),
+                template: get("template").and_then(|v| v.as_vm().map(str::to_string)),
+                running: q.power == PowerState::Running || q.name == DOM0,
+                uuid: q.uuid.to_string(),
+            },
+        );
+    }
+    sys
+}
+
+/// The qube whose relay runs as host uid `uid` (the base of its range).
+fn qube_of_uid(app: &App, uid: u32) -> Option<String> {
+    let off = uid.checked_sub(UID_BASE)?;
+    if off % UID_RANGE != 0 {
+        return None;
+    }
+    let qid = off / UID_RANGE;
+    app.qubes
+        .values()
+        .find(|q| q.qid == qid && q.name != DOM0)
+        .map(|q| q.name.clone())
+}
+
+/// A refusal sent back to the relay.
+struct Refusal {
+    code: i32,
+    reason: String,
+}
+
+fn refuse(code: i32, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        reason: reason.into(),
+    }
+}
+
+fn valid_service(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= qrexec::MAX_SERVICE_NAME_LEN
+        && !s.starts_with('+')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'))
+        && s.matches('+').count() <= 1
+}
+
+fn valid_target(s: &str) -> bool {
+    s.len() <= qrexec::DOMAIN_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b':'))
+}
+
+impl Daemon {
+    /// Serves one relay connection (blocking; run on the blocking pool).
+    pub fn serve_relay(self: &Arc<Self>, mut s: UnixStream) {
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+        let outcome = self.relay_request(&mut s);
+        let reply = match &outcome {
+            Ok((version, _)) => format!("result=allow\nversion={version}\n\n"),
+            Err(r) => format!(
+                "result=deny\ncode={}\nreason={}\n\n",
+                r.code,
+                r.reason.replace('\n', " ")
+            ),
+        };
+        let fd = outcome.as_ref().ok().map(|(_, t)| t.as_raw_fd());
+        if let Err(e) = bulkhead_sys::fdpass::send_with_fd(&s, reply.as_bytes(), fd) {
+            tracing::debug!("relay went away before its answer: {e}");
+        }
+    }
+
+    fn relay_request(self: &Arc<Self>, s: &mut UnixStream) -> Result<(u32, UnixStream), Refusal> {
+        let cred = nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials)
+            .map_err(|e| refuse(qrexec::EXIT_QREXEC_FAILED, format!("peer credentials: {e}")))?;
+        let app = self.snapshot();
+        let Some(source) = qube_of_uid(&app, cred.uid()) else {
+            return Err(refuse(qrexec::EXIT_REFUSED, "caller is not a qube's relay"));
+        };
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.ends_with(b"\n\n") {
+            let n = s.read(&mut chunk).map_err(|e| {
+                refuse(
+                    qrexec::EXIT_QREXEC_FAILED,
+                    format!("reading the request: {e}"),
+                )
+            })?;
+            if n == 0 || buf.len() + n > MAX_REQUEST {
+                return Err(refuse(qrexec::EXIT_QREXEC_FAILED, "malformed request"));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&buf);
+        let mut service = None;
+        let mut target = None;
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            match line.split_once('=') {
+                Some(("service", v)) if service.is_none() => service = Some(v.to_string()),
+                Some(("target", v)) if target.is_none() => target = Some(v.to_string()),
+                _ => return Err(refuse(qrexec::EXIT_QREXEC_FAILED, "malformed request")),
+            }
+        }
+        let (Some(service), Some(target)) = (service, target) else {
+            return Err(refuse(qrexec::EXIT_QREXEC_FAILED, "malformed request"));
+        };
+        if !valid_service(&service) || !valid_target(&target) {
+            return Err(refuse(
+                qrexec::EXIT_QREXEC_FAILED,
+                "invalid service or target name",
+            ));
+        }
+        self.call_from_qube(&source, &service, &target)
+    }
+
+    /// Decides a call from `source` and, if allowed, connects it to the
+    /// target's agent (starting the target if policy says so).
+    fn call_from_qube(
+        self: &Arc<Self>,
+        source: &str,
+        service: &str,
+        target: &str,
+    ) -> Result<(u32, UnixStream), Refusal> {
+        let (svc, arg) = match service.split_once('+') {
+            Some((s, a)) => (s, format!("+{a}")),
+            None => (service, "+".to_string()),
+        };
+        let log = |what: &str| {
+            tracing::info!("qrexec: {source} -> {target} {service}: {what}");
+        };
+        let rt = self
+            .runtime()
+            .ok_or_else(|| refuse(qrexec::EXIT_QREXEC_FAILED, "no runtime"))?;
+        let policy = rt.policy.current().map_err(|e| {
+            log(&format!("denied (invalid policy: {e})"));
+            refuse(
+                qrexec::EXIT_REFUSED,
+                "the policy is invalid; see the daemon log",
+            )
+        })?;
+        let app = self.snapshot();
+        let sys = system(&app);
+        let req = Request {
+            service: svc,
+            argument: &arg,
+            source,
+            target,
+        };
+        let (dest, user, autostart) = match policy.decide(&sys, &req) {
+            Decision::Allow {
+                target,
+                user,
+                autostart,
+                rule,
+                ..
+            } => {
+                log(&format!("allowed by {rule} (target {target})"));
+                (target, user, autostart)
+            }
+            Decision::Ask { rule, .. } => {
+                log(&format!(
+                    "denied: rule {rule} says ask, and no prompt agent is registered"
+                ));
+                return Err(refuse(
+                    qrexec::EXIT_REFUSED,
+                    "request refused (ask, no prompt agent)",
+                ));
+            }
+            Decision::Deny { reason, rule, .. } => {
+                match rule {
+                    Some(r) => log(&format!("denied by {r}")),
+                    None => log(&format!("denied: {reason}")),
+                }
+                return Err(refuse(qrexec::EXIT_REFUSED, "request refused"));
+            }
+        };
+        if dest == source {
+            log("denied: a qube cannot call itself");
+            return Err(refuse(qrexec::EXIT_REFUSED, "request refused"));
+        }
+        if dest == DOM0 || dest.starts_with("@dispvm") {
+            log("failed: calls to dom0 and disposables are not supported yet");
+            return Err(refuse(
+                qrexec::EXIT_QREXEC_FAILED,
+                "calls to dom0 and disposables are not supported yet",
+            ));
+        }
+        let running = app.vm(&dest).map(|q| q.power).ok();
+        if running != Some(PowerState::Running) {
+            if !autostart {
+                return Err(refuse(qrexec::EXIT_REFUSED, "target is not running"));
+            }
+            let d = self.clone();
+            let dest2 = dest.clone();
+            let started =
+                tokio::runtime::Handle::current().block_on(async move { d.vm_start(&dest2).await });
+            if let Err(e) = started {
+                if e.exc != crate::error::Exc::QubesVMNotHaltedError {
+                    log(&format!("failed: cannot start {dest}: {}", e.message));
+                    return Err(refuse(
+                        qrexec::EXIT_QREXEC_FAILED,
+                        "cannot start the target",
+                    ));
+                }
+            }
+        }
+        let app = self.snapshot();
+        let user = match user {
+            Some(u) => u,
+            None => props::value(&app, Holder::Vm(&dest), "default_user")
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "user".into()),
+        };
+        let link = std::fs::read_link(rt.qrexec_link(&dest))
+            .map_err(|_| refuse(qrexec::EXIT_QREXEC_FAILED, "target has no agent socket"))?;
+        let connect = || -> std::io::Result<(u32, UnixStream)> {
+            let (mut t, _dec, version) = bulkhead_hal::guest::handshake(&link)?;
+            bulkhead_proto::qrexec_io::send(
+                &mut t,
+                &Message::ExecCmdline {
+                    connect_domain: 0,
+                    connect_port: 0,
+                    cmdline: format!("{user}:QUBESRPC {service} {source}").into_bytes(),
+                },
+            )?;
+            t.set_read_timeout(None)?;
+            t.set_write_timeout(None)?;
+            Ok((version, t))
+        };
+        connect().map_err(|e| {
+            log(&format!("failed: connecting to {dest}: {e}"));
+            refuse(
+                qrexec::EXIT_QREXEC_FAILED,
+                "cannot reach the target's agent",
+            )
+        })
+    }
+}
+
+/// Binds the policy socket for relays: any local uid may connect, only
+/// relays (by uid) get answers.
+pub fn bind_policy_socket(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(path);
+    let l = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(l)
+}
+
+/// Accepts relay connections forever.
+pub async fn serve_policy(daemon: Arc<Daemon>, listener: tokio::net::UnixListener) {
+    loop {
+        let Ok((s, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
+        let d = daemon.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Ok(std) = s.into_std() {
+                let _ = std.set_nonblocking(false);
+                d.serve_relay(std);
+            }
+        });
+    }
+}

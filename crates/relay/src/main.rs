@@ -1,0 +1,242 @@
+//! `bulkhead-qrexec-relay`: one per running qube, on the host, as that
+//! qube's own unprivileged host uid (so compromising it gains nothing the
+//! qube's root does not already have).
+//!
+//! It listens in the qube's guest channel (`/run/bulkhead/relay.sock` inside
+//! the qube). Each connection is one call the qube makes with
+//! `qrexec-client-vm`: HELLO, then `MSG_TRIGGER_SERVICE3` (or 4) naming the
+//! target and service. Everything the qube sends is parsed here, by the
+//! checked decoder of `bulkhead-proto`, never by the root daemon. The relay
+//! asks `bulkheadd` (policy socket) for a decision; the daemon identifies the
+//! caller by this process's uid, decides, and on allow connects to the
+//! target's agent itself and hands the connection over. The relay then
+//! answers `SERVICE_CONNECT` (or `SERVICE_REFUSED`) and relays the call's
+//! data messages both ways, re-chunked for each side's protocol version,
+//! until the target's exit code.
+//!
+//! It must never depend on a host crate other than `bulkhead-sys`.
+#![forbid(unsafe_code)]
+
+use std::io::{self, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+
+use bulkhead_proto::qrexec::{self, max_chunk, Decoder, Message};
+use bulkhead_proto::qrexec_io::{hello, recv, send};
+
+/// Calls served at once; more wait in the listen backlog.
+const MAX_CALLS: usize = 1024;
+
+struct Opts {
+    listen: PathBuf,
+    policy: PathBuf,
+    qube: String,
+}
+
+fn opts() -> Result<Opts, String> {
+    let mut args = std::env::args().skip(1);
+    let (mut listen, mut policy, mut qube) = (None, None, None);
+    while let Some(a) = args.next() {
+        let v = args.next().ok_or(format!("{a} needs a value"))?;
+        match a.as_str() {
+            "--listen" => listen = Some(PathBuf::from(v)),
+            "--policy" => policy = Some(PathBuf::from(v)),
+            "--qube" => qube = Some(v),
+            _ => return Err(format!("unknown option {a}")),
+        }
+    }
+    Ok(Opts {
+        listen: listen.ok_or("--listen is required")?,
+        policy: policy.ok_or("--policy is required")?,
+        qube: qube.unwrap_or_default(),
+    })
+}
+
+fn main() {
+    let o = match opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bulkhead-qrexec-relay: {e}");
+            std::process::exit(2);
+        }
+    };
+    let tmp = o.listen.with_extension("sock.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let listener = match UnixListener::bind(&tmp).and_then(|l| {
+        use std::os::unix::fs::PermissionsExt;
+        // The qube's agent (its root) connects; nobody else can reach the
+        // channel directory.
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&tmp, &o.listen)?;
+        Ok(l)
+    }) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "bulkhead-qrexec-relay[{}]: cannot listen on {}: {e}",
+                o.qube,
+                o.listen.display()
+            );
+            std::process::exit(1);
+        }
+    };
+    let active = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        if active.load(std::sync::atomic::Ordering::Relaxed) >= MAX_CALLS {
+            continue; // dropped: the caller sees a closed connection (125)
+        }
+        active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (policy, qube, active) = (o.policy.clone(), o.qube.clone(), active.clone());
+        std::thread::spawn(move || {
+            if let Err(e) = call(conn, &policy) {
+                eprintln!("bulkhead-qrexec-relay[{qube}]: call failed: {e}");
+            }
+            active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+}
+
+fn bad(what: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.into())
+}
+
+/// The daemon's answer: Ok((target version, target connection)) or Err(code).
+fn ask(
+    policy: &PathBuf,
+    service: &str,
+    target: &str,
+) -> io::Result<Result<(u32, UnixStream), i32>> {
+    let mut s = UnixStream::connect(policy)?;
+    s.write_all(format!("service={service}\ntarget={target}\n\n").as_bytes())?;
+    let mut buf = vec![0u8; 4096];
+    let (n, fd) = bulkhead_sys::fdpass::recv_with_fd(&s, &mut buf)?;
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+            .map(str::to_string)
+    };
+    match field("result").as_deref() {
+        Some("allow") => {
+            let version = field("version")
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| bad("daemon sent no version"))?;
+            let fd = fd.ok_or_else(|| bad("daemon sent no connection"))?;
+            Ok(Ok((version, UnixStream::from(fd))))
+        }
+        Some("deny") => {
+            let code = field("code")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(qrexec::EXIT_REFUSED);
+            if let Some(r) = field("reason") {
+                eprintln!("bulkhead-qrexec-relay: {service} to {target}: {r}");
+            }
+            Ok(Err(code))
+        }
+        _ => Err(bad(format!("unexpected daemon answer {text:?}"))),
+    }
+}
+
+/// Sends `data` as messages of at most `chunk` bytes (never an empty one:
+/// empty means EOF).
+fn send_chunked(
+    w: &mut UnixStream,
+    data: Vec<u8>,
+    chunk: usize,
+    wrap: fn(Vec<u8>) -> Message,
+) -> io::Result<()> {
+    if data.len() <= chunk {
+        return send(w, &wrap(data));
+    }
+    for c in data.chunks(chunk) {
+        send(w, &wrap(c.to_vec()))?;
+    }
+    Ok(())
+}
+
+fn call(mut client: UnixStream, policy: &PathBuf) -> io::Result<()> {
+    // A caller that never finishes its request must not hold a thread.
+    client.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let (mut cdec, cver) = hello(&mut client)?;
+    let (target, ident, service) = match recv(&mut client, &mut cdec)? {
+        Some(Message::TriggerService3 {
+            target_domain,
+            ident,
+            service_name,
+        }) => (target_domain, ident, service_name),
+        Some(Message::TriggerService4 {
+            target_domain,
+            ident,
+            service_name,
+            ..
+        }) => (target_domain, ident, service_name),
+        other => return Err(bad(format!("expected a service trigger, got {other:?}"))),
+    };
+    client.set_read_timeout(None)?;
+    let (tver, mut tgt) = match ask(policy, &service, &target)? {
+        Ok(t) => t,
+        Err(code) => {
+            send(&mut client, &Message::ServiceRefused { ident })?;
+            let _ = send(&mut client, &Message::ExitCode(code as u32));
+            return Ok(());
+        }
+    };
+    send(
+        &mut client,
+        &Message::ServiceConnect {
+            domain: 0,
+            port: 0,
+            ident,
+        },
+    )?;
+    let mut tdec = Decoder::new(tver);
+    let (to_target, to_client) = (max_chunk(tver), max_chunk(cver));
+    // Caller's stdin → target, until its EOF (an empty DATA_STDIN).
+    let mut c_in = client.try_clone()?;
+    let mut t_out = tgt.try_clone()?;
+    let feeder = std::thread::spawn(move || -> io::Result<()> {
+        loop {
+            match recv(&mut c_in, &mut cdec)? {
+                Some(Message::DataStdin(d)) if d.is_empty() => {
+                    return send(&mut t_out, &Message::DataStdin(vec![]));
+                }
+                Some(Message::DataStdin(d)) => {
+                    send_chunked(&mut t_out, d, to_target, Message::DataStdin)?
+                }
+                // Caller gone: the service sees EOF.
+                None => return send(&mut t_out, &Message::DataStdin(vec![])),
+                Some(other) => return Err(bad(format!("caller sent {other:?} mid-call"))),
+            }
+        }
+    });
+    // Target's output → caller, until its exit code.
+    let result = loop {
+        match recv(&mut tgt, &mut tdec)? {
+            Some(Message::DataStdout(d)) if d.is_empty() => {
+                send(&mut client, &Message::DataStdout(vec![]))?
+            }
+            Some(Message::DataStdout(d)) => {
+                send_chunked(&mut client, d, to_client, Message::DataStdout)?
+            }
+            Some(Message::DataStderr(d)) if d.is_empty() => {
+                send(&mut client, &Message::DataStderr(vec![]))?
+            }
+            Some(Message::DataStderr(d)) => {
+                send_chunked(&mut client, d, to_client, Message::DataStderr)?
+            }
+            Some(Message::ExitCode(c)) => break send(&mut client, &Message::ExitCode(c)),
+            None => {
+                break send(
+                    &mut client,
+                    &Message::ExitCode(qrexec::EXIT_QREXEC_FAILED as u32),
+                )
+            }
+            Some(other) => return Err(bad(format!("target sent {other:?}"))),
+        }
+    };
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    let _ = tgt.shutdown(std::net::Shutdown::Both);
+    drop(feeder);
+    result
+}
