@@ -7,12 +7,13 @@
 # Idempotent: run it again and it keeps what exists. Environment overrides
 # (used by CI to stay off the system paths): BULKHEAD_PREFIX (/usr/local),
 # BULKHEAD_STATE_DIR (/var/lib/bulkhead), BULKHEAD_SOCKET
-# (/run/bulkhead/qubesd.sock), BULKHEAD_NO_SERVICE=1 (start with --detach
-# even where systemd runs).
+# (/run/bulkhead/qubesd.sock), BULKHEAD_POLICY_DIR (/etc/bulkhead/policy.d),
+# BULKHEAD_NO_SERVICE=1 (start with --detach even where systemd runs).
 set -euo pipefail
 
 PREFIX=${BULKHEAD_PREFIX:-/usr/local}
 STATE_DIR=${BULKHEAD_STATE_DIR:-/var/lib/bulkhead}
+POLICY_DIR=${BULKHEAD_POLICY_DIR:-/etc/bulkhead/policy.d}
 export BULKHEAD_SOCKET=${BULKHEAD_SOCKET:-/run/bulkhead/qubesd.sock}
 cd "$(dirname "$0")/.."
 
@@ -47,7 +48,11 @@ cargo build --release --locked --bins
 step "Installing to $PREFIX"
 install -d "$PREFIX/bin" "$PREFIX/share/doc/bulkhead"
 install -m 0755 target/release/bulkheadd target/release/bulkhead \
-    target/release/bulkhead-nsinit target/release/bulkhead-agent "$PREFIX/bin/"
+    target/release/bulkhead-nsinit target/release/bulkhead-agent \
+    target/release/bulkhead-qrexec-relay "$PREFIX/bin/"
+# The default qrexec policy (Qubes' 90-default equivalent); your own rules
+# go in files that sort earlier (30-user.policy…).
+install -D -m 0644 packaging/policy.d/90-default.policy "$POLICY_DIR/90-default.policy"
 for t in qvm-ls qvm-create qvm-remove qvm-clone qvm-prefs qubes-prefs qvm-features qvm-tags \
          qvm-start qvm-shutdown qvm-kill qvm-pause qvm-unpause qvm-check qvm-run qvm-volume; do
     ln -sf bulkhead "$PREFIX/bin/$t"
@@ -58,13 +63,22 @@ step "Starting bulkheadd"
 if [ "${BULKHEAD_NO_SERVICE:-0}" != 1 ] && [ -d /run/systemd/system ] && [ "$PREFIX" = /usr/local ]; then
     install -m 0644 packaging/bulkheadd.service /etc/systemd/system/bulkheadd.service
     systemctl daemon-reload
-    systemctl enable --now bulkheadd
+    systemctl enable bulkheadd
+    # Restart onto the new binaries; running qubes stay up and are re-adopted.
+    systemctl restart bulkheadd
     for _ in $(seq 100); do [ -S "$BULKHEAD_SOCKET" ] && break; sleep 0.1; done
-elif "$PREFIX/bin/bulkhead" ls --raw-list >/dev/null 2>&1; then
-    echo "bulkheadd already running on $BULKHEAD_SOCKET"
 else
+    pidfile="$(dirname "$BULKHEAD_SOCKET")/bulkheadd.pid"
+    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        # Restart onto the new binaries; running qubes stay up and are
+        # re-adopted by the new daemon.
+        echo "restarting the running bulkheadd (qubes keep running)"
+        kill "$(cat "$pidfile")"
+        for _ in $(seq 100); do kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null || break; sleep 0.1; done
+    fi
     "$PREFIX/bin/bulkheadd" --state-dir "$STATE_DIR" --socket "$BULKHEAD_SOCKET" \
-        --pidfile "$(dirname "$BULKHEAD_SOCKET")/bulkheadd.pid" \
+        --policy-dir "$POLICY_DIR" \
+        --pidfile "$pidfile" \
         --log-file "${BULKHEAD_LOG_FILE:-/var/log/bulkheadd.log}" --detach
 fi
 
@@ -73,10 +87,12 @@ have() { "$B" ls --raw-list | grep -qx "$1"; }
 mk() { local name=$1; shift; have "$name" || "$B" create "$@" "$name"; }
 
 step "Building the minimal template (busybox + agent, no network needed)"
-if [ "$("$B" volume info minimal:root usage 2>/dev/null || echo 0)" = 0 ]; then
-    "$B" template build minimal
+# Rebuilt from the installed agent on every run (the previous root stays as
+# a revision); qubes based on it get the new root at their next start.
+if "$B" check --running minimal >/dev/null 2>&1; then
+    echo "minimal is running; not rebuilding it now"
 else
-    echo "minimal already built"
+    "$B" template build minimal
 fi
 "$B" global-prefs default_template minimal
 # The VM backend (QEMU) is not built yet: qubes run in namespace sandboxes,
@@ -103,5 +119,6 @@ step "Your qubes"
 cat <<MSG
 
 bulkheadd holds the qubes in $STATE_DIR and answers on $BULKHEAD_SOCKET.
-Try: bulkhead run work -- sh, bulkhead volume list, bulkhead shutdown --all --wait.
+Try: bulkhead run work -- sh, bulkhead volume list, bulkhead shutdown --all --wait,
+     bulkhead policy explain work vault qubes.Filecopy (policy in $POLICY_DIR).
 MSG

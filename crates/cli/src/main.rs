@@ -78,6 +78,8 @@ enum Command {
     Volume(cmd::volume::Args),
     /// Build templates.
     Template(cmd::template::Args),
+    /// Check the qrexec policy, or explain a decision.
+    Policy(cmd::policy::Args),
 }
 
 /// Qubes tool names and the subcommand each maps to.
@@ -152,6 +154,7 @@ fn main() -> ExitCode {
         Command::Check(a) => cmd::check::run(&client, a),
         Command::Volume(a) => cmd::volume::run(&client, a),
         Command::Template(a) => cmd::template::run(&client, a),
+        Command::Policy(a) => cmd::policy::run(&client, a),
         Command::Run(a) => {
             return match cmd::run::run(&client, &cli.socket, a) {
                 Ok(code) => ExitCode::from(code),

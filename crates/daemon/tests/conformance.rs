@@ -78,6 +78,7 @@ conformance!(
     lifecycle_state_machine_and_qubes_exceptions,
     run_streams_stdin_and_output_and_clone_copies_volumes,
     symlinks_planted_in_the_private_volume_are_not_followed_by_the_host,
+    qrexec_calls_between_qubes_follow_policy,
 );
 
 impl Env {
@@ -543,4 +544,144 @@ fn symlinks_planted_in_the_private_volume_are_not_followed_by_the_host(mode: &st
     assert!(!out.contains("bin") && !out.contains("passwd"), "{out}");
     assert!(out.trim_end().ends_with('2'), "{out}");
     assert!(out.contains("user"), "home was not recreated: {out}");
+}
+
+/// Writes a policy file into the daemon's policy directory.
+fn policy(e: &Env, file: &str, text: &str) {
+    let dir = e.d.dir.path().join("policy.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(file), text).unwrap();
+}
+
+fn qrexec_calls_between_qubes_follow_policy(mode: &str) {
+    let e = env_or_skip!("e2e11", mode);
+    let (a, b) = (e.q("a"), e.q("b"));
+    e.create(&a);
+    e.create(&b);
+    // A service in b's /usr/local (its private volume).
+    let (code, _) = e.sh(
+        &b,
+        "root",
+        "mkdir -p /usr/local/etc/qubes-rpc && printf '#!/bin/sh\\necho \"from $QREXEC_REMOTE_DOMAIN arg=$1 uid=$(id -u)\"\\ntr a-z A-Z\\nexit 5\\n' \
+         > /usr/local/etc/qubes-rpc/test.Echo && chmod +x /usr/local/etc/qubes-rpc/test.Echo",
+    );
+    assert_eq!(code, 0);
+    policy(
+        &e,
+        "50-test.policy",
+        &format!(
+            "test.Echo +allowed @anyvm @anyvm allow\n\
+             test.Echo +asroot @anyvm @anyvm allow user=root\n\
+             test.Echo +noauto @anyvm @anyvm allow autostart=no\n\
+             test.Echo * @tag:trusted {b} allow\n\
+             test.Missing * @anyvm @anyvm allow\n\
+             test.Ask * @anyvm @anyvm ask\n\
+             test.Echo * @anyvm @anyvm deny\n"
+        ),
+    );
+    let call = |svc: &str| {
+        e.sh(
+            &a,
+            "user",
+            &format!("echo hi | qrexec-client-vm {b} {svc}; echo rc=$?"),
+        )
+        .1
+    };
+    let out = call("test.Echo+allowed");
+    assert_eq!(out, format!("from {a} arg=allowed uid=1000\nHI\nrc=5\n"));
+    assert!(call("test.Echo+asroot").contains("uid=0\n"));
+    assert!(call("test.Echo+other").ends_with("rc=126\n"), "deny rule");
+    assert!(
+        call("test.Missing").ends_with("rc=127\n"),
+        "no such service"
+    );
+    assert!(
+        call("test.Ask").ends_with("rc=126\n"),
+        "ask without an agent"
+    );
+    assert!(
+        call("test.Nothing").ends_with("rc=126\n"),
+        "no matching rule"
+    );
+    // A name that does not exist is @default to the policy: no probing.
+    let out = e
+        .sh(
+            &a,
+            "user",
+            "qrexec-client-vm no-such-qube test.Echo+allowed </dev/null; echo rc=$?",
+        )
+        .1;
+    assert!(out.ends_with("rc=126\n"), "{out}");
+    // Tags are the host's, checked at each call.
+    e.ok(&["tags", &a, "add", "trusted"]);
+    assert!(call("test.Echo+other").ends_with("rc=5\n"));
+    // autostart=no refuses a halted target; the default starts it.
+    e.ok(&["shutdown", "--wait", &b]);
+    assert!(call("test.Echo+noauto").ends_with("rc=126\n"));
+    assert_eq!(e.state(&b), "Halted");
+    assert!(call("test.Echo+allowed").ends_with("rc=5\n"));
+    assert_eq!(e.state(&b), "Running");
+
+    // The source is the host's word: a relay message claiming another
+    // source (MSG_TRIGGER_SERVICE4's source field) changes nothing.
+    {
+        use bulkhead_proto::qrexec::Message;
+        use bulkhead_proto::qrexec_io::{hello, recv, send};
+        let sock =
+            e.d.dir
+                .path()
+                .join(format!("qubes/{a}/run/channel/relay.sock"));
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        let (mut dec, _) = hello(&mut s).unwrap();
+        send(
+            &mut s,
+            &Message::TriggerService4 {
+                source_domain: "dom0".into(),
+                target_domain: b.clone(),
+                ident: "SOCKET1".into(),
+                service_name: "test.Echo+allowed".into(),
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            recv(&mut s, &mut dec).unwrap(),
+            Some(Message::ServiceConnect { .. })
+        ));
+        send(&mut s, &Message::DataStdin(vec![])).unwrap();
+        let mut out = Vec::new();
+        loop {
+            match recv(&mut s, &mut dec).unwrap() {
+                Some(Message::DataStdout(d)) => out.extend(d),
+                Some(Message::ExitCode(c)) => {
+                    assert_eq!(c, 5);
+                    break;
+                }
+                Some(_) => {}
+                None => panic!("no exit code"),
+            }
+        }
+        assert!(
+            String::from_utf8_lossy(&out).starts_with(&format!("from {a} ")),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+
+    // An invalid policy file denies everything until it is fixed.
+    policy(&e, "40-broken.policy", "this is not a rule\n");
+    assert!(call("test.Echo+allowed").ends_with("rc=126\n"));
+    std::fs::remove_file(e.d.dir.path().join("policy.d/40-broken.policy")).unwrap();
+    assert!(call("test.Echo+allowed").ends_with("rc=5\n"));
+
+    // 256 calls at once into one qube.
+    let out = e
+        .sh(
+            &a,
+            "user",
+            &format!(
+                "i=0; while [ $i -lt 256 ]; do (echo x | qrexec-client-vm {b} test.Echo+allowed >/dev/null 2>&1; echo $? > /tmp/rc.$i) & i=$((i+1)); done; wait; cat /tmp/rc.* | grep -c '^5$'"
+            ),
+        )
+        .1;
+    assert_eq!(out.trim(), "256");
 }

@@ -22,7 +22,12 @@ fn guest_shared_crates_do_not_depend_on_host_crates() {
         String::from_utf8_lossy(&out.stderr)
     );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let host_crates = ["bulkheadd", "bulkhead-cli", "bulkhead-hal", "bulkhead-relay"];
+    let host_crates = [
+        "bulkheadd",
+        "bulkhead-cli",
+        "bulkhead-hal",
+        "bulkhead-relay",
+    ];
     // Code that runs inside qubes, or that they link.
     let guest_shared = [
         "bulkhead-proto",

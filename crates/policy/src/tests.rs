@@ -372,3 +372,36 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_shipped_default_policy_parses_and_says_what_qubes_says() {
+    let p = policy(include_str!(
+        "../../../packaging/policy.d/90-default.policy"
+    ));
+    // Commands in other qubes: only disposables.
+    assert!(allowed(&decide(&p, "qubes.VMShell", "work", "@dispvm")).is_some());
+    assert!(matches!(
+        decide(&p, "qubes.VMShell", "work", "vault"),
+        Decision::Deny { .. }
+    ));
+    assert!(matches!(
+        decide(&p, "qubes.Filecopy", "work", "vault"),
+        Decision::Ask { .. }
+    ));
+    assert_eq!(
+        allowed(&decide(&p, "qubes.GetDate", "work", "")),
+        Some("dom0")
+    );
+    assert!(matches!(
+        decide(&p, "qubes.GetDate", "anon", ""),
+        Decision::Deny { .. }
+    ));
+    assert!(matches!(
+        decide(&p, "qubes.ConnectTCP+22", "work", "vault"),
+        Decision::Deny { .. }
+    ));
+    assert!(matches!(
+        decide(&p, "unknown.Service", "work", "vault"),
+        Decision::Deny { rule: None, .. }
+    ));
+}

@@ -8,6 +8,7 @@ pub mod features;
 pub mod labels;
 pub mod ls;
 pub mod notes;
+pub mod policy;
 pub mod power;
 pub mod prefs;
 pub mod remove;

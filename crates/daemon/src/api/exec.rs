@@ -96,10 +96,45 @@ pub fn query(app: &App, ctx: &Ctx, call: &Call) -> ApiResult<String> {
         Call::LabelGet(n) => label(app, n)?.color.clone(),
         Call::LabelIndex(n) => label(app, n)?.index.to_string(),
         Call::CurrentState => current_state(app, q),
+        Call::SystemInfo => system_info(app),
         Call::NotesGet => q.notes.clone(),
         Call::Events => return Err(ApiError::protocol("admin.Events is a stream, not a query")),
         _ => return Err(ApiError::protocol("internal: write call sent to query")),
     })
+}
+
+/// Qubes' `internal.GetSystemInfo`: one entry per qube with what policy
+/// evaluation needs.
+fn system_info(app: &App) -> String {
+    let sys = crate::qrexec::system(app);
+    let mut domains = serde_json::Map::new();
+    for (name, d) in &sys.domains {
+        let label = app
+            .qubes
+            .get(name)
+            .and_then(|q| props::value(app, Holder::Vm(&q.name), "label").ok())
+            .map(|v| v.to_text())
+            .unwrap_or_default();
+        let power = app.qubes.get(name).map(|q| q.power.name()).unwrap_or("NA");
+        domains.insert(
+            name.clone(),
+            serde_json::json!({
+                "tags": d.tags,
+                "type": d.class,
+                "template_for_dispvms": d.template_for_dispvms,
+                "default_dispvm": d.default_dispvm,
+                "template": d.template,
+                "icon": format!("appvm-{label}"),
+                "label": label,
+                "guivm": null,
+                "relayvm": null,
+                "transport_rpc": null,
+                "power_state": power,
+                "uuid": d.uuid,
+            }),
+        );
+    }
+    serde_json::json!({ "domains": domains }).to_string()
 }
 
 fn current_state(app: &App, q: &Qube) -> String {

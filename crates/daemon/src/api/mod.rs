@@ -64,6 +64,8 @@ pub enum Call {
     NotesGet,
     NotesSet(String),
     Events,
+    /// `internal.GetSystemInfo`: what the policy evaluator knows, as JSON.
+    SystemInfo,
     // Lifecycle (served by `lifecycle`, not by `exec`).
     Start,
     Shutdown {
@@ -207,6 +209,7 @@ static METHODS: &[(&str, Want, Want, Want)] = &[
     ("admin.vm.volume.Resize", Yes, Yes, No),
     ("admin.vm.volume.Revert", Yes, Yes, No),
     ("admin.vm.volume.Set.revisions_to_keep", Yes, Yes, No),
+    ("internal.GetSystemInfo", No, No, Yes),
     ("internal.vm.volume.ImportBegin", Yes, No, No),
     ("internal.vm.volume.ImportEnd", Yes, Yes, No),
     ("admin.vm.List", No, No, Any),
@@ -321,6 +324,15 @@ pub fn decode(app: &App, req: &Request) -> ApiResult<(Ctx, Call)> {
         "admin.vm.List" => Call::VmList,
         "admin.vm.CurrentState" => Call::CurrentState,
         "admin.vm.Start" => Call::Start,
+        "internal.GetSystemInfo" => {
+            if source != DOM0 {
+                return Err(ApiError::new(
+                    crate::error::Exc::PermissionDenied,
+                    "only dom0 may read the system info",
+                ));
+            }
+            Call::SystemInfo
+        }
         "admin.vm.Kill" => Call::Kill,
         "admin.vm.Pause" => Call::Pause,
         "admin.vm.Unpause" => Call::Unpause,

@@ -93,6 +93,8 @@ pub fn spawn(state: &Path, socket: &Path) -> Child {
         .arg(socket)
         .arg("--group")
         .arg(own_group())
+        .arg("--policy-dir")
+        .arg(state.parent().unwrap_or(state).join("policy.d"))
         .env("BULKHEAD_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
