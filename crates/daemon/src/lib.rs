@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod dom0rpc;
 pub mod error;
 pub mod lifecycle;
 pub mod model;

@@ -290,12 +290,32 @@ impl Daemon {
             log("denied: a qube cannot call itself");
             return Err(refuse(qrexec::EXIT_REFUSED, "request refused"));
         }
-        if dest == DOM0 || dest.starts_with("@dispvm") {
-            log("failed: calls to dom0 and disposables are not supported yet");
+        if dest.starts_with("@dispvm") {
+            log("failed: disposables are not supported yet");
             return Err(refuse(
                 qrexec::EXIT_QREXEC_FAILED,
-                "calls to dom0 and disposables are not supported yet",
+                "disposables are not supported yet",
             ));
+        }
+        if dest == DOM0 {
+            // Served by the host: a socket pair whose far end goes to the
+            // relay, speaking data messages like an agent would.
+            let (ours, theirs) = UnixStream::pair()
+                .map_err(|e| refuse(qrexec::EXIT_QREXEC_FAILED, format!("socketpair: {e}")))?;
+            let (d, src, svc, tgt) = (
+                self.clone(),
+                source.to_string(),
+                service.to_string(),
+                target.to_string(),
+            );
+            let handle = tokio::runtime::Handle::current();
+            std::thread::spawn(move || {
+                let _g = handle.enter();
+                if let Err(e) = crate::dom0rpc::serve(&d, &handle, ours, &src, &svc, &tgt) {
+                    tracing::warn!("qrexec: {src} -> dom0 {svc}: {e}");
+                }
+            });
+            return Ok((qrexec::PROTOCOL_VERSION, theirs));
         }
         let running = app.vm(&dest).map(|q| q.power).ok();
         if running != Some(PowerState::Running) {

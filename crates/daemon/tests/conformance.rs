@@ -79,6 +79,7 @@ conformance!(
     run_streams_stdin_and_output_and_clone_copies_volumes,
     symlinks_planted_in_the_private_volume_are_not_followed_by_the_host,
     qrexec_calls_between_qubes_follow_policy,
+    admin_calls_and_dom0_services_from_qubes_follow_policy,
 );
 
 impl Env {
@@ -684,4 +685,59 @@ fn qrexec_calls_between_qubes_follow_policy(mode: &str) {
         )
         .1;
     assert_eq!(out.trim(), "256");
+}
+
+fn admin_calls_and_dom0_services_from_qubes_follow_policy(mode: &str) {
+    let e = env_or_skip!("e2e12", mode);
+    let (mgmt, other) = (e.q("mgmt"), e.q("other"));
+    e.create(&mgmt);
+    e.create(&other);
+    policy(
+        &e,
+        "50-admin.policy",
+        &format!(
+            "admin.vm.List * {mgmt} @adminvm allow target=dom0\n\
+             admin.vm.property.Get * {mgmt} {other} allow target=dom0\n\
+             admin.vm.property.Set +label {mgmt} {other} allow target=dom0\n\
+             qubes.GetDate * @anyvm @default allow target=dom0\n"
+        ),
+    );
+    let run = |q: &str, script: &str| e.sh(q, "user", script).1;
+    // Replies are qubesd's own bytes ("0\0" + body), shown with NUL as '|'.
+    let out = run(
+        &mgmt,
+        "qrexec-client-vm dom0 admin.vm.List </dev/null | tr '\\0' '|'; echo \" rc=$?\"",
+    );
+    assert!(
+        out.starts_with("0|dom0 class=AdminVM") && out.contains(&format!("\n{other} class=AppVM")),
+        "{out}"
+    );
+    let out = run(
+        &mgmt,
+        &format!("qrexec-client-vm {other} admin.vm.property.Get+label </dev/null | tr '\\0' '|'"),
+    );
+    assert_eq!(out, "0|default=False type=label red");
+    // Allowed write: the source is the calling qube, the destination the target it named.
+    let out = run(
+        &mgmt,
+        &format!(
+            "printf blue | qrexec-client-vm {other} admin.vm.property.Set+label | tr '\\0' '|'"
+        ),
+    );
+    assert_eq!(out, "0|");
+    assert!(e.ok(&["prefs", &other, "label"]).contains("blue"));
+    // Not granted: refused by policy (126), nothing changed.
+    let out = run(
+        &mgmt,
+        &format!("printf green | qrexec-client-vm {other} admin.vm.property.Set+netvm; echo rc=$?"),
+    );
+    assert!(out.ends_with("rc=126\n"), "{out}");
+    let out = run(
+        &other,
+        &format!("qrexec-client-vm {mgmt} admin.vm.property.Get+label </dev/null; echo rc=$?"),
+    );
+    assert!(out.ends_with("rc=126\n"), "{out}");
+    // A dom0 service.
+    let out = run(&other, "qrexec-client-vm @default qubes.GetDate </dev/null");
+    assert!(out.starts_with("20") && out.contains('T'), "{out}");
 }

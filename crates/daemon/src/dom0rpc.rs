@@ -1,0 +1,213 @@
+//! Services a qube calls in dom0 (the host), once policy allowed them with
+//! `target=dom0` (or `@adminvm`):
+//!
+//! - `admin.*`: the Admin API, with the calling qube as source and the
+//!   target it asked for as destination (`qrexec-client-vm work
+//!   admin.vm.property.Get+label` → `admin.vm.property.Get+label` from the
+//!   caller to `work`); stdin is the payload, stdout the qubesd-framed
+//!   reply, exactly as Qubes' `admin.*` socket services give;
+//! - executables in `/etc/bulkhead/qubes-rpc` (`SVC+ARG`, then `SVC`), run
+//!   with Qubes' `QREXEC_*` environment;
+//! - `qubes.GetDate` built in (`date -u -Iseconds`) when no file overrides it.
+//!
+//! The caller's bytes arrive as qrexec data messages from its relay and are
+//! decoded by the checked decoder; stdin is capped.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use bulkhead_proto::qrexec::{self, max_chunk, Decoder, Message};
+use bulkhead_proto::qrexec_io::{recv, send};
+
+use crate::server::{Daemon, Reply};
+
+/// Where dom0's qrexec services live (Qubes: `/etc/qubes-rpc`).
+pub const RPC_DIR: &str = "/etc/bulkhead/qubes-rpc";
+/// Most stdin an admin call may send (its payload).
+const MAX_ADMIN_PAYLOAD: usize = bulkhead_proto::admin::MAX_REQUEST;
+
+fn out_all(s: &mut UnixStream, data: &[u8], wrap: fn(Vec<u8>) -> Message) -> io::Result<()> {
+    for c in data.chunks(max_chunk(qrexec::PROTOCOL_VERSION)) {
+        send(s, &wrap(c.to_vec()))?;
+    }
+    Ok(())
+}
+
+fn finish(s: &mut UnixStream, stdout: &[u8], stderr: &[u8], code: i32) -> io::Result<()> {
+    out_all(s, stdout, Message::DataStdout)?;
+    send(s, &Message::DataStdout(vec![]))?;
+    out_all(s, stderr, Message::DataStderr)?;
+    send(s, &Message::DataStderr(vec![]))?;
+    send(s, &Message::ExitCode(code as u32))
+}
+
+/// Reads the caller's stdin to EOF, at most `max` bytes.
+fn read_stdin(s: &mut UnixStream, dec: &mut Decoder, max: usize) -> io::Result<Option<Vec<u8>>> {
+    let mut v = Vec::new();
+    loop {
+        match recv(s, dec)? {
+            Some(Message::DataStdin(d)) if d.is_empty() => return Ok(Some(v)),
+            Some(Message::DataStdin(d)) => {
+                if v.len() + d.len() > max {
+                    return Ok(None);
+                }
+                v.extend(d);
+            }
+            None => return Ok(Some(v)),
+            Some(other) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("unexpected {other:?}"),
+                ))
+            }
+        }
+    }
+}
+
+/// Serves one call from `source` to a dom0 service.
+pub fn serve(
+    d: &Arc<Daemon>,
+    rt: &tokio::runtime::Handle,
+    mut s: UnixStream,
+    source: &str,
+    service: &str,
+    requested: &str,
+) -> io::Result<()> {
+    let mut dec = Decoder::new(qrexec::PROTOCOL_VERSION);
+    let (svc, arg) = service.split_once('+').unwrap_or((service, ""));
+    if svc.starts_with("admin.") {
+        let Some(payload) = read_stdin(&mut s, &mut dec, MAX_ADMIN_PAYLOAD)? else {
+            return finish(&mut s, b"", b"payload too large\n", 1);
+        };
+        let dest = match requested {
+            "" | "@default" | "@adminvm" => "dom0",
+            t => t,
+        };
+        let raw = bulkhead_proto::admin::encode_request(svc, arg, source, dest, &payload);
+        let d2 = d.clone();
+        let reply = rt.block_on(async move { d2.handle_request(&raw).await });
+        return match reply {
+            Some(Reply::Bytes(b)) => finish(&mut s, &b, b"", 0),
+            // Event streams are not offered over qrexec (yet).
+            Some(Reply::Events(_)) => finish(
+                &mut s,
+                b"",
+                b"admin.Events is not available over qrexec\n",
+                1,
+            ),
+            None => finish(&mut s, b"", b"", 1),
+        };
+    }
+    let full = format!("{svc}+{arg}");
+    let file = [full.as_str(), svc]
+        .iter()
+        .map(|n| std::path::Path::new(RPC_DIR).join(n))
+        .find(|p| p.is_file());
+    let (keyword, target) = match requested {
+        "" | "@default" => (true, "default".to_string()),
+        "@adminvm" | "dom0" => (true, "adminvm".to_string()),
+        t => (false, t.to_string()),
+    };
+    let Some(path) = file else {
+        if svc == "qubes.GetDate" {
+            let _ = read_stdin(&mut s, &mut dec, 0);
+            let out = Command::new("date").args(["-u", "-Iseconds"]).output()?;
+            return finish(
+                &mut s,
+                &out.stdout,
+                &out.stderr,
+                out.status.code().unwrap_or(1),
+            );
+        }
+        return finish(
+            &mut s,
+            b"",
+            format!("no such service in dom0: {svc}\n").as_bytes(),
+            qrexec::EXIT_NO_SERVICE,
+        );
+    };
+    let mut cmd = Command::new(&path);
+    if !arg.is_empty() {
+        cmd.arg(arg);
+    }
+    cmd.env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("QREXEC_REMOTE_DOMAIN", source)
+        .env("QREXEC_SERVICE_FULL_NAME", &full)
+        .env(
+            "QREXEC_REQUESTED_TARGET_TYPE",
+            if keyword { "keyword" } else { "name" },
+        )
+        .env(
+            if keyword {
+                "QREXEC_REQUESTED_TARGET_KEYWORD"
+            } else {
+                "QREXEC_REQUESTED_TARGET"
+            },
+            &target,
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if !arg.is_empty() {
+        cmd.env("QREXEC_SERVICE_ARGUMENT", arg);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return finish(
+                &mut s,
+                b"",
+                format!("cannot run {}: {e}\n", path.display()).as_bytes(),
+                qrexec::EXIT_QREXEC_FAILED,
+            )
+        }
+    };
+    // The caller's stdin streams into the service; its output streams back.
+    let mut stdin = child.stdin.take();
+    let mut reader = s.try_clone()?;
+    let feeder = std::thread::spawn(move || {
+        while let Ok(Some(Message::DataStdin(d))) = recv(&mut reader, &mut dec) {
+            if d.is_empty() {
+                break;
+            }
+            if let Some(i) = stdin.as_mut() {
+                if i.write_all(&d).is_err() {
+                    stdin = None;
+                }
+            }
+        }
+    });
+    let mut err = Vec::new();
+    let mut stderr = child.stderr.take();
+    let errs = std::thread::spawn(move || {
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.take(1 << 20).read_to_end(&mut err);
+        }
+        err
+    });
+    if let Some(mut o) = child.stdout.take() {
+        let mut buf = vec![0u8; max_chunk(qrexec::PROTOCOL_VERSION)];
+        loop {
+            let n = o.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            send(&mut s, &Message::DataStdout(buf[..n].to_vec()))?;
+        }
+    }
+    let status = child.wait()?;
+    let err = errs.join().unwrap_or_default();
+    drop(feeder);
+    finish(
+        &mut s,
+        b"",
+        &err,
+        status.code().unwrap_or(qrexec::EXIT_QREXEC_FAILED),
+    )
+}
