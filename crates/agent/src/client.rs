@@ -14,7 +14,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Command, Stdio};
 
-use bulkhead_proto::qrexec::{self, max_chunk, Message};
+use bulkhead_proto::qrexec::{self, max_chunk, Decoder, Message};
 use bulkhead_proto::qrexec_io::{hello, recv, send};
 
 /// Where `qrexec-client-vm` connects (Qubes' path).
@@ -49,6 +49,18 @@ pub fn serve_local_socket() {
     });
 }
 
+/// Copies one direction with a buffer sized for whole qrexec messages.
+fn copy(from: &mut UnixStream, to: &mut UnixStream) -> io::Result<()> {
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        to.write_all(&buf[..n])?;
+    }
+}
+
 /// Copies bytes both ways until each side is done.
 fn splice(a: UnixStream, b: UnixStream) {
     let (Ok(mut a2), Ok(mut b2)) = (a.try_clone(), b.try_clone()) else {
@@ -56,10 +68,10 @@ fn splice(a: UnixStream, b: UnixStream) {
     };
     let (mut a, mut b) = (a, b);
     let t = std::thread::spawn(move || {
-        let _ = io::copy(&mut a2, &mut b2);
+        let _ = copy(&mut a2, &mut b2);
         let _ = b2.shutdown(std::net::Shutdown::Write);
     });
-    let _ = io::copy(&mut b, &mut a);
+    let _ = copy(&mut b, &mut a);
     let _ = a.shutdown(std::net::Shutdown::Write);
     let _ = t.join();
 }
@@ -114,7 +126,16 @@ pub fn main(args: Vec<String>) -> i32 {
     }
 }
 
-fn run(target: &str, service: &str, local: &[String]) -> io::Result<i32> {
+/// A call the host accepted: the stream, its decoder and the version.
+pub struct Call {
+    pub stream: UnixStream,
+    pub dec: Decoder,
+    pub version: u32,
+}
+
+/// Asks the host for a call to `service` in `target`; `Ok(None)` if the
+/// policy refused it (already reported on stderr).
+pub fn connect(target: &str, service: &str) -> io::Result<Option<Call>> {
     let mut s = UnixStream::connect(AGENT_SOCKET)?;
     let (mut dec, version) = hello(&mut s)?;
     send(
@@ -126,13 +147,28 @@ fn run(target: &str, service: &str, local: &[String]) -> io::Result<i32> {
         },
     )?;
     match recv(&mut s, &mut dec)? {
-        Some(Message::ServiceConnect { .. }) => {}
+        Some(Message::ServiceConnect { .. }) => Ok(Some(Call {
+            stream: s,
+            dec,
+            version,
+        })),
         Some(Message::ServiceRefused { .. }) => {
             eprintln!("Request refused");
-            return Ok(qrexec::EXIT_REFUSED);
+            Ok(None)
         }
-        other => return Err(io::Error::other(format!("unexpected answer {other:?}"))),
+        other => Err(io::Error::other(format!("unexpected answer {other:?}"))),
     }
+}
+
+fn run(target: &str, service: &str, local: &[String]) -> io::Result<i32> {
+    let Some(Call {
+        stream: mut s,
+        mut dec,
+        version,
+    }) = connect(target, service)?
+    else {
+        return Ok(qrexec::EXIT_REFUSED);
+    };
     let chunk = max_chunk(version);
     // The service's input: our stdin, or the local program's stdout.
     let mut child = None;

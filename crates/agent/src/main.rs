@@ -12,6 +12,7 @@
 
 mod client;
 mod exec;
+mod filecopy;
 mod init;
 mod reaper;
 mod service;
@@ -25,8 +26,14 @@ fn main() {
     if argv0.rsplit('/').next() == Some("qubes.VMExec") {
         std::process::exit(init::vmexec(std::env::args().nth(1).unwrap_or_default()));
     }
-    if argv0.rsplit('/').next() == Some("qrexec-client-vm") {
-        std::process::exit(client::main(std::env::args().collect()));
+    let base = argv0.rsplit('/').next().unwrap_or_default().to_string();
+    match base.as_str() {
+        "qrexec-client-vm" => std::process::exit(client::main(std::env::args().collect())),
+        "qubes.Filecopy" => std::process::exit(filecopy::receiver()),
+        "qvm-copy" | "qvm-copy-to-vm" | "qvm-move" | "qvm-move-to-vm" => {
+            std::process::exit(filecopy::sender(&base, std::env::args().skip(1).collect()))
+        }
+        _ => {}
     }
     let socket = std::env::args()
         .nth(1)

@@ -80,6 +80,7 @@ conformance!(
     symlinks_planted_in_the_private_volume_are_not_followed_by_the_host,
     qrexec_calls_between_qubes_follow_policy,
     admin_calls_and_dom0_services_from_qubes_follow_policy,
+    qvm_copy_delivers_trees_and_refuses_hostile_streams,
 );
 
 impl Env {
@@ -740,4 +741,101 @@ fn admin_calls_and_dom0_services_from_qubes_follow_policy(mode: &str) {
     // A dom0 service.
     let out = run(&other, "qrexec-client-vm @default qubes.GetDate </dev/null");
     assert!(out.starts_with("20") && out.contains('T'), "{out}");
+}
+
+/// A Filecopy stream with one record (`kind` and body as given) and the end marker.
+fn hostile_stream(name: &[u8], kind: bulkhead_proto::filecopy::Kind, body: &[u8]) -> Vec<u8> {
+    use bulkhead_proto::filecopy::{mode_of, Header};
+    let h = Header {
+        namelen: name.len() as u32,
+        mode: mode_of(kind, 0o644),
+        filelen: body.len() as u64,
+        atime: 0,
+        atime_nsec: 0,
+        mtime: 0,
+        mtime_nsec: 0,
+    };
+    let mut v = h.encode().to_vec();
+    v.extend_from_slice(name);
+    v.extend_from_slice(body);
+    v.extend_from_slice(&[0u8; 32]);
+    v
+}
+
+fn qvm_copy_delivers_trees_and_refuses_hostile_streams(mode: &str) {
+    use bulkhead_proto::filecopy::Kind;
+    let e = env_or_skip!("e2e13", mode);
+    let (a, b) = (e.q("a"), e.q("b"));
+    e.create(&a);
+    e.create(&b);
+    policy(
+        &e,
+        "30-user.policy",
+        &format!("qubes.Filecopy * {a} {b} allow\n"),
+    );
+    policy(
+        &e,
+        "90-default.policy",
+        include_str!("../../../packaging/policy.d/90-default.policy"),
+    );
+    let (code, out) = e.sh(
+        &a,
+        "user",
+        &format!(
+            "mkdir -p d/sub && echo one > d/a && echo two > d/sub/b && ln -s a d/link && echo solo > f \
+             && qvm-copy-to-vm {b} d f && echo copied && qvm-move-to-vm {b} d 2>&1; echo rc=$?; ls"
+        ),
+    );
+    assert_eq!(code, 0);
+    // The second send of d is refused (never overwrite) and d stays.
+    assert!(
+        out.contains("copied\n") && out.contains("File exists") && out.contains("rc=1\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("d\n"),
+        "a failed move deleted its source: {out}"
+    );
+    let (_, out) = e.sh(
+        &b,
+        "user",
+        &format!("cd ~/QubesIncoming/{a} && find . | sort && cat d/sub/b && readlink d/link"),
+    );
+    assert_eq!(
+        out,
+        "./\n./d\n./d/a\n./d/link\n./d/sub\n./d/sub/b\n./f\ntwo\na\n".replacen("./\n", ".\n", 1)
+    );
+    // qvm-copy without a target goes to the policy's ask: no prompt agent, refused.
+    let (_, out) = e.sh(&a, "user", "qvm-copy f; echo rc=$?");
+    assert!(out.ends_with("rc=126\n"), "{out}");
+
+    // Hostile streams, written straight to the service: traversal, absolute
+    // names, links out of the tree; each refused, nothing outside QubesIncoming.
+    for (name, kind, body) in [
+        (&b"../escaped"[..], Kind::File, &b"x"[..]),
+        (b"/tmp/abs", Kind::File, b"x"),
+        (b"out", Kind::Symlink, b"/etc/passwd"),
+        (b"up", Kind::Symlink, b"../../x"),
+    ] {
+        let stream = hostile_stream(name, kind, body);
+        let mut c = e
+            .cmd(&["run", &a, "--", "qrexec-client-vm", &b, "qubes.Filecopy"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(&stream).unwrap();
+        }
+        let o = c.wait_with_output().unwrap();
+        assert_ne!(o.status.code(), Some(0), "{name:?} was accepted");
+    }
+    let (_, out) = e.sh(
+        &b,
+        "user",
+        &format!("ls ~/QubesIncoming/{a}; ls ~/QubesIncoming; ls /tmp; ls ~ | grep -c escaped"),
+    );
+    assert_eq!(out, format!("d\nf\n{a}\n0\n"), "{out}");
 }

@@ -18,7 +18,8 @@ pub fn send(w: &mut impl Write, m: &Message) -> io::Result<()> {
 
 /// Reads the next message; `None` at a clean end of stream.
 pub fn recv(r: &mut impl Read, dec: &mut Decoder) -> io::Result<Option<Message>> {
-    let mut buf = [0u8; 16384];
+    // One whole v3 message per read where the peer wrote one.
+    let mut buf = vec![0u8; qrexec::MAX_DATA_CHUNK_V3 + qrexec::HEADER_LEN];
     loop {
         if let Some(m) = dec.next_message().map_err(|e| bad(e.to_string()))? {
             return Ok(Some(m));

@@ -402,9 +402,21 @@ fn qrexec_services(root: &Path, shell: &str) -> Result<()> {
         "/usr/bin/bulkhead-agent",
         root.join("etc/qubes-rpc/qubes.VMExec"),
     )?;
-    // Calls to other qubes (the agent binary under Qubes' name).
-    let client = root.join("usr/bin/qrexec-client-vm");
-    let _ = std::fs::remove_file(&client);
-    symlink("bulkhead-agent", client)?;
+    symlink(
+        "/usr/bin/bulkhead-agent",
+        root.join("etc/qubes-rpc/qubes.Filecopy"),
+    )?;
+    // Calls to other qubes and file copy (the agent binary under Qubes' names).
+    for tool in [
+        "qrexec-client-vm",
+        "qvm-copy",
+        "qvm-copy-to-vm",
+        "qvm-move",
+        "qvm-move-to-vm",
+    ] {
+        let link = root.join("usr/bin").join(tool);
+        let _ = std::fs::remove_file(&link);
+        symlink("bulkhead-agent", link)?;
+    }
     Ok(())
 }
