@@ -21,6 +21,8 @@ use std::io::{self, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 
+mod sandbox;
+
 use bulkhead_proto::qrexec::{self, max_chunk, Decoder, Message};
 use bulkhead_proto::qrexec_io::{hello, recv, send};
 
@@ -53,6 +55,16 @@ fn opts() -> Result<Opts, String> {
 }
 
 fn main() {
+    // Proof for the tests that the sandbox holds: install it, then try
+    // something it forbids (creating a directory). The kernel kills us.
+    if std::env::args().nth(1).as_deref() == Some("--selftest-seccomp") {
+        if let Err(e) = sandbox::apply() {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+        let _ = std::fs::create_dir("/tmp/bulkhead-relay-selftest");
+        std::process::exit(0);
+    }
     let o = match opts() {
         Ok(o) => o,
         Err(e) => {
@@ -80,6 +92,10 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Err(e) = sandbox::apply() {
+        eprintln!("bulkhead-qrexec-relay[{}]: {e}", o.qube);
+        std::process::exit(1);
+    }
     let active = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
@@ -240,3 +256,4 @@ fn call(mut client: UnixStream, policy: &PathBuf) -> io::Result<()> {
     drop(feeder);
     result
 }
+
