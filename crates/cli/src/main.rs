@@ -80,6 +80,8 @@ enum Command {
     Template(cmd::template::Args),
     /// Check the qrexec policy, or explain a decision.
     Policy(cmd::policy::Args),
+    /// Answer qrexec `ask` rules in this terminal.
+    AskAgent(cmd::ask_agent::Args),
 }
 
 /// Qubes tool names and the subcommand each maps to.
@@ -155,6 +157,7 @@ fn main() -> ExitCode {
         Command::Volume(a) => cmd::volume::run(&client, a),
         Command::Template(a) => cmd::template::run(&client, a),
         Command::Policy(a) => cmd::policy::run(&client, a),
+        Command::AskAgent(a) => cmd::ask_agent::run(&cli.socket, a),
         Command::Run(a) => {
             return match cmd::run::run(&client, &cli.socket, a) {
                 Ok(code) => ExitCode::from(code),

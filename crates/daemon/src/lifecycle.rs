@@ -57,6 +57,8 @@ pub struct Runtime {
     pub storage: Storage,
     /// qrexec policy, for calls between qubes.
     pub policy: crate::qrexec::PolicyStore,
+    /// The user's prompt for `ask` rules.
+    pub ask: crate::qrexec::AskAgent,
     relay_bin: PathBuf,
     backends: Vec<Box<dyn Backend>>,
     run_dir: PathBuf,
@@ -86,6 +88,7 @@ impl Runtime {
         Ok(Runtime {
             storage,
             policy: crate::qrexec::PolicyStore::new(cfg.policy_dirs),
+            ask: crate::qrexec::AskAgent::default(),
             relay_bin: cfg.relay,
             backends,
             run_dir: run_dir.to_path_buf(),
@@ -131,6 +134,11 @@ impl Runtime {
     /// The socket relays ask for policy decisions on.
     pub fn policy_socket(&self) -> PathBuf {
         self.run_dir.join("qrexec-policy.sock")
+    }
+
+    /// The socket a prompt agent (`bulkhead ask-agent`) registers on.
+    pub fn ask_socket(&self) -> PathBuf {
+        self.run_dir.join("ask.sock")
     }
 
     fn relay_record(&self, name: &str) -> PathBuf {

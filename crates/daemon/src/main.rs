@@ -205,6 +205,9 @@ fn run(opts: Opts) -> Result<()> {
             let l = bulkheadd::qrexec::bind_policy_socket(&path)
                 .with_context(|| format!("cannot listen on {}", path.display()))?;
             tokio::spawn(bulkheadd::qrexec::serve_policy(daemon.clone(), l));
+            let ask = rt.ask_socket();
+            let l = bind_socket(&ask, Some(gid))?;
+            tokio::spawn(bulkheadd::qrexec::serve_ask(daemon.clone(), l));
         }
         let mut servers = Vec::new();
         for path in &opts.sockets {

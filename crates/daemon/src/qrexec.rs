@@ -269,15 +269,32 @@ impl Daemon {
                 log(&format!("allowed by {rule} (target {target})"));
                 (target, user, autostart)
             }
-            Decision::Ask { rule, .. } => {
-                log(&format!(
-                    "denied: rule {rule} says ask, and no prompt agent is registered"
-                ));
-                return Err(refuse(
-                    qrexec::EXIT_REFUSED,
-                    "request refused (ask, no prompt agent)",
-                ));
-            }
+            Decision::Ask {
+                choices,
+                default_target,
+                user,
+                autostart,
+                rule,
+                ..
+            } => match rt
+                .ask
+                .ask(source, service, target, &choices, default_target.as_deref())
+            {
+                Ok(Some(chosen)) if choices.contains(&chosen) => {
+                    log(&format!(
+                        "allowed by the user (ask, rule {rule}), target {chosen}"
+                    ));
+                    (chosen, user, autostart)
+                }
+                Ok(_) => {
+                    log(&format!("denied by the user (ask, rule {rule})"));
+                    return Err(refuse(qrexec::EXIT_REFUSED, "request refused"));
+                }
+                Err(why) => {
+                    log(&format!("denied: rule {rule} says ask, and {why}"));
+                    return Err(refuse(qrexec::EXIT_REFUSED, "request refused"));
+                }
+            },
             Decision::Deny { reason, rule, .. } => {
                 match rule {
                     Some(r) => log(&format!("denied by {r}")),
@@ -367,6 +384,96 @@ impl Daemon {
                 "cannot reach the target's agent",
             )
         })
+    }
+}
+
+/// The registered prompt agent (`bulkhead ask-agent`) that answers `ask`
+/// rules. One at a time; the newest registration wins. Questions are one
+/// JSON line each way; no answer within [`ASK_TIMEOUT`] denies.
+#[derive(Default)]
+pub struct AskAgent {
+    conn: Mutex<Option<UnixStream>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+/// How long the user has to answer.
+pub const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl AskAgent {
+    /// Registers a newly connected prompt agent.
+    pub fn register(&self, s: UnixStream) {
+        tracing::info!("qrexec: a prompt agent registered");
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+    }
+
+    /// Asks the user; `Ok(None)` means they refused, `Err` why nobody could.
+    pub fn ask(
+        &self,
+        source: &str,
+        service: &str,
+        target: &str,
+        choices: &[String],
+        default: Option<&str>,
+    ) -> Result<Option<String>, String> {
+        use std::io::{BufRead, Write};
+        let mut g = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(conn) = g.as_mut() else {
+            return Err("no prompt agent is registered (run `bulkhead ask-agent`)".into());
+        };
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let q = serde_json::json!({
+            "id": id, "source": source, "service": service, "target": target,
+            "choices": choices, "default": default,
+        });
+        let sent = conn
+            .write_all(format!("{q}\n").as_bytes())
+            .and_then(|()| conn.set_read_timeout(Some(ASK_TIMEOUT)));
+        if let Err(e) = sent {
+            *g = None;
+            return Err(format!("the prompt agent went away ({e})"));
+        }
+        let mut line = String::new();
+        let read = conn
+            .try_clone()
+            .and_then(|c| std::io::BufReader::new(c.take(4096)).read_line(&mut line));
+        match read {
+            Ok(n) if n > 0 => {}
+            Ok(_) => {
+                *g = None;
+                return Err("the prompt agent went away".into());
+            }
+            Err(e) => {
+                *g = None;
+                return Err(format!("no answer from the prompt agent ({e})"));
+            }
+        }
+        let a: serde_json::Value =
+            serde_json::from_str(&line).map_err(|_| "bad answer".to_string())?;
+        if a["id"].as_u64() != Some(id) {
+            *g = None;
+            return Err("the prompt agent answered another question".into());
+        }
+        Ok(if a["allow"].as_bool() == Some(true) {
+            a["target"].as_str().map(str::to_string)
+        } else {
+            None
+        })
+    }
+}
+
+/// Accepts prompt agents forever (the socket is root/group only).
+pub async fn serve_ask(daemon: Arc<Daemon>, listener: tokio::net::UnixListener) {
+    loop {
+        let Ok((s, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
+        if let (Some(rt), Ok(std)) = (daemon.runtime(), s.into_std()) {
+            let _ = std.set_nonblocking(false);
+            rt.ask.register(std);
+        }
     }
 }
 

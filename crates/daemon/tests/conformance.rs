@@ -578,6 +578,7 @@ fn qrexec_calls_between_qubes_follow_policy(mode: &str) {
              test.Echo * @tag:trusted {b} allow\n\
              test.Missing * @anyvm @anyvm allow\n\
              test.Ask * @anyvm @anyvm ask\n\
+             test.Echo +ask @anyvm @anyvm ask\n\
              test.Echo * @anyvm @anyvm deny\n"
         ),
     );

@@ -256,4 +256,3 @@ fn call(mut client: UnixStream, policy: &PathBuf) -> io::Result<()> {
     drop(feeder);
     result
 }
-

@@ -1,5 +1,6 @@
 //! One file per subcommand; shared helpers here.
 
+pub mod ask_agent;
 pub mod check;
 pub mod clone;
 pub mod create;
