@@ -1,0 +1,200 @@
+//! qrexec benchmark through the real daemon, relay and agents (`ns`
+//! backend): call latency into a running qube (median, p99), 256 calls at
+//! once, and `qvm-copy` of one 1 GiB file and of 10,000 small files.
+//! Prints figures; asserts nothing.
+//!
+//! Run (as root): `cargo build --release --workspace && cargo bench -p bulkheadd --bench qrexec`
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bulkhead_proto::qrexec::Message;
+use bulkhead_proto::qrexec_io::{hello, recv, send};
+
+fn bin(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bulkheadd")).with_file_name(name)
+}
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.cli(&["shutdown", "--all", "--wait"]);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Daemon {
+    fn cli(&self, args: &[&str]) -> String {
+        let o = Command::new(bin("bulkhead"))
+            .args(args)
+            .env("BULKHEAD_SOCKET", &self.socket)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// One call from qube `a`'s relay socket, as `qrexec-client-vm` makes it.
+fn call(relay: &Path, target: &str, service: &str) -> u32 {
+    let mut s = UnixStream::connect(relay).unwrap();
+    let (mut dec, _) = hello(&mut s).unwrap();
+    send(
+        &mut s,
+        &Message::TriggerService3 {
+            target_domain: target.into(),
+            ident: "SOCKET1".into(),
+            service_name: service.into(),
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        recv(&mut s, &mut dec).unwrap(),
+        Some(Message::ServiceConnect { .. })
+    ));
+    send(&mut s, &Message::DataStdin(vec![])).unwrap();
+    loop {
+        match recv(&mut s, &mut dec).unwrap() {
+            Some(Message::ExitCode(c)) => return c,
+            Some(_) => {}
+            None => panic!("no exit code"),
+        }
+    }
+}
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("qrexec bench: needs root; skipped");
+        return;
+    }
+    for b in [
+        "bulkhead",
+        "bulkhead-agent",
+        "bulkhead-nsinit",
+        "bulkhead-qrexec-relay",
+    ] {
+        if !bin(b).exists() {
+            println!("qrexec bench: {b} not built; run `cargo build --release --workspace` first");
+            return;
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("bulkhead-qrexec-bench-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("policy.d")).unwrap();
+    std::fs::write(
+        dir.join("policy.d/30-bench.policy"),
+        "test.True * @anyvm @anyvm allow\nqubes.Filecopy * @anyvm @anyvm allow\n",
+    )
+    .unwrap();
+    let socket = dir.join("qubesd.sock");
+    let child = Command::new(bin("bulkheadd"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--policy-dir")
+        .arg(dir.join("policy.d"))
+        .args(["--group", "root"])
+        .env("BULKHEAD_LOG", "warn")
+        .spawn()
+        .unwrap();
+    while UnixStream::connect(&socket).is_err() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let d = Daemon { child, socket, dir };
+    d.cli(&["template", "build", "minimal"]);
+    d.cli(&["global-prefs", "default_virt_mode", "ns"]);
+    d.cli(&["create", "-t", "minimal", "-l", "red", "bqa"]);
+    d.cli(&["create", "-t", "minimal", "-l", "red", "bqb"]);
+    d.cli(&["prefs", "bqb", "maxmem", "2000"]);
+    d.cli(&[
+        "run", "-u", "root", "bqb", "--", "sh", "-c",
+        "mkdir -p /usr/local/etc/qubes-rpc && printf '#!/bin/sh\\nexit 0\\n' > /usr/local/etc/qubes-rpc/test.True && chmod +x /usr/local/etc/qubes-rpc/test.True",
+    ]);
+    d.cli(&["start", "bqa"]);
+    let relay = d.dir.join("qubes/bqa/run/channel/relay.sock");
+
+    // Latency: one call at a time, from qa's relay socket to qb's agent.
+    for _ in 0..20 {
+        call(&relay, "bqb", "test.True");
+    }
+    let mut lat: Vec<Duration> = (0..500)
+        .map(|_| {
+            let t = Instant::now();
+            assert_eq!(call(&relay, "bqb", "test.True"), 0);
+            t.elapsed()
+        })
+        .collect();
+    lat.sort();
+    println!(
+        "call into a running qube (relay → policy → agent → service → exit)  n=500  median {:.2} ms  p99 {:.2} ms",
+        pct(&lat, 0.5).as_secs_f64() * 1e3,
+        pct(&lat, 0.99).as_secs_f64() * 1e3
+    );
+    // The same from inside qa, qrexec-client-vm included (busybox time).
+    let t = Instant::now();
+    d.cli(&[
+        "run",
+        "bqa",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 200 ]; do qrexec-client-vm bqb test.True </dev/null; i=$((i+1)); done",
+    ]);
+    println!(
+        "qrexec-client-vm in bqa, 200 calls in a shell loop           {:.2} ms per call",
+        t.elapsed().as_secs_f64() * 1e3 / 200.0
+    );
+    // 256 at once.
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..256)
+            .map(|_| s.spawn(|| call(&relay, "bqb", "test.True")))
+            .collect();
+        let ok = hs
+            .into_iter()
+            .filter_map(|h| h.join().ok())
+            .filter(|c| *c == 0)
+            .count();
+        assert_eq!(ok, 256);
+    });
+    println!(
+        "256 concurrent calls into qb                                {:.0} ms total",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    // qvm-copy: one 1 GiB file, then 10,000 files of 1 KiB.
+    d.cli(&["run", "bqa", "--", "sh", "-c", "head -c 1073741824 /dev/zero > /tmp/big && mkdir /tmp/small && cd /tmp/small && head -c 1024 /dev/zero > /tmp/k && i=0 && while [ $i -lt 10000 ]; do cp /tmp/k f$i; i=$((i+1)); done && ls | wc -l"]);
+    for (what, path, bytes) in [
+        ("1 GiB file", "/tmp/big", 1u64 << 30),
+        ("10,000 x 1 KiB files", "/tmp/small", 10_240_000),
+    ] {
+        let mut times = vec![];
+        for _ in 0..3 {
+            d.cli(&["run", "bqb", "--", "rm", "-rf", "/home/user/QubesIncoming"]);
+            let t = Instant::now();
+            d.cli(&["run", "bqa", "--", "qvm-copy-to-vm", "bqb", path]);
+            times.push(t.elapsed());
+        }
+        times.sort();
+        let med = times[1].as_secs_f64();
+        println!(
+            "qvm-copy-to-vm {what:<22} median of 3: {:.2} s  ({:.0} MB/s)",
+            med,
+            bytes as f64 / med / 1e6
+        );
+    }
+    let _ = std::io::stdout().flush();
+}
