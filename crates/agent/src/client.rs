@@ -238,3 +238,98 @@ fn run(target: &str, service: &str, local: &[String]) -> io::Result<i32> {
     }
     Ok(code)
 }
+
+/// `qvm-connect-tcp [LOCALPORT]:[TARGET]:PORT`: listens on
+/// 127.0.0.1:LOCALPORT and carries each connection to PORT on the target's
+/// loopback through `qubes.ConnectTCP+PORT` (policy decides; the default
+/// policy denies until the user adds an allow rule).
+pub fn connect_tcp(args: Vec<String>) -> i32 {
+    let Some(spec) = args.get(1) else {
+        eprintln!("usage: qvm-connect-tcp [LOCALPORT]:[TARGET]:PORT");
+        return 2;
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (local, target, port) = match parts.as_slice() {
+        [l, t, p] => (*l, *t, *p),
+        _ => {
+            eprintln!("qvm-connect-tcp: expected [LOCALPORT]:[TARGET]:PORT, got {spec:?}");
+            return 2;
+        }
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        eprintln!("qvm-connect-tcp: invalid port {port:?}");
+        return 2;
+    };
+    let local: u16 = if local.is_empty() {
+        port
+    } else {
+        match local.parse() {
+            Ok(l) => l,
+            Err(_) => {
+                eprintln!("qvm-connect-tcp: invalid local port {local:?}");
+                return 2;
+            }
+        }
+    };
+    let target = if target.is_empty() {
+        "@default"
+    } else {
+        target
+    }
+    .to_string();
+    let listener = match std::net::TcpListener::bind(("127.0.0.1", local)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("qvm-connect-tcp: cannot listen on 127.0.0.1:{local}: {e}");
+            return 1;
+        }
+    };
+    eprintln!("qvm-connect-tcp: 127.0.0.1:{local} -> {target}:{port}");
+    for conn in listener.incoming().flatten() {
+        let target = target.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = tcp_call(conn, &target, port) {
+                eprintln!("qvm-connect-tcp: {e}");
+            }
+        });
+    }
+    0
+}
+
+fn tcp_call(tcp: std::net::TcpStream, target: &str, port: u16) -> io::Result<()> {
+    let Some(Call {
+        stream: mut s,
+        mut dec,
+        version,
+    }) = connect(target, &format!("qubes.ConnectTCP+{port}"))?
+    else {
+        return Ok(());
+    };
+    let mut tcp_in = tcp.try_clone()?;
+    let mut w = s.try_clone()?;
+    let chunk = max_chunk(version);
+    let feeder = std::thread::spawn(move || -> io::Result<()> {
+        let mut buf = vec![0u8; chunk];
+        loop {
+            let n = tcp_in.read(&mut buf).unwrap_or(0);
+            send(&mut w, &Message::DataStdin(buf[..n].to_vec()))?;
+            if n == 0 {
+                return Ok(());
+            }
+        }
+    });
+    let mut tcp_out = tcp;
+    loop {
+        match recv(&mut s, &mut dec)? {
+            Some(Message::DataStdout(d)) if d.is_empty() => {
+                let _ = tcp_out.shutdown(std::net::Shutdown::Write);
+            }
+            Some(Message::DataStdout(d)) => tcp_out.write_all(&d)?,
+            Some(Message::ExitCode(_)) | None => break,
+            Some(_) => {}
+        }
+    }
+    let _ = tcp_out.shutdown(std::net::Shutdown::Both);
+    drop(feeder);
+    Ok(())
+}

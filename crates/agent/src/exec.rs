@@ -112,6 +112,9 @@ pub fn serve(mut stream: UnixStream, reaper: &Reaper) -> io::Result<()> {
         Ok(r) => r,
         Err((code, msg)) => return fail(code, &msg),
     };
+    if let crate::service::Request::Socket { .. } | crate::service::Request::Tcp { .. } = &request {
+        return connect_service(stream, out, dec, version, &request);
+    }
     // Qubes' "DEFAULT" user is the qube's default user; the host normally
     // substitutes it, but a bare DEFAULT means "user".
     let user = if user == "DEFAULT" { "user" } else { user };
@@ -133,6 +136,12 @@ pub fn serve(mut stream: UnixStream, reaper: &Reaper) -> io::Result<()> {
                 cmd.arg(arg);
             }
             cmd
+        }
+        _ => {
+            return fail(
+                qrexec::EXIT_QREXEC_FAILED,
+                "internal: unexpected service kind",
+            )
         }
     };
     cmd.uid(u.uid)
@@ -228,4 +237,106 @@ pub fn serve(mut stream: UnixStream, reaper: &Reaper) -> io::Result<()> {
     send(&out, &Message::ExitCode(code as u32))?;
     let _ = stream.shutdown(std::net::Shutdown::Both);
     Ok(())
+}
+
+/// Socket and `/dev/tcp` services: connect, send the descriptor (sockets),
+/// then relay the caller's stdin to the connection and its output back,
+/// until the service closes its end.
+fn connect_service(
+    stream: UnixStream,
+    out: Arc<Mutex<UnixStream>>,
+    mut dec: Decoder,
+    version: u32,
+    request: &crate::service::Request,
+) -> io::Result<()> {
+    use crate::service::Request;
+    let conn: Box<dyn ReadWrite> = match request {
+        Request::Socket { path, descriptor } => {
+            let mut s = match UnixStream::connect(path) {
+                Ok(s) => s,
+                Err(e) => {
+                    return fail_on(&out, &format!("cannot connect to {}: {e}", path.display()))
+                }
+            };
+            if let Some(d) = descriptor {
+                s.write_all(d.as_bytes())?;
+                s.write_all(&[0])?;
+            }
+            Box::new(s)
+        }
+        Request::Tcp { host, port } => match std::net::TcpStream::connect((host.as_str(), *port)) {
+            Ok(s) => Box::new(s),
+            Err(e) => return fail_on(&out, &format!("cannot connect to {host}:{port}: {e}")),
+        },
+        _ => return fail_on(&out, "internal: not a connecting service"),
+    };
+    let (mut rd, mut wr) = conn.split()?;
+    let mut reader = stream.try_clone()?;
+    let feeder = std::thread::spawn(move || {
+        while let Ok(Some(Message::DataStdin(d))) = recv(&mut reader, &mut dec) {
+            if d.is_empty() || wr.write_all(&d).is_err() {
+                break;
+            }
+        }
+        wr.close_write();
+    });
+    let mut buf = vec![0u8; max_chunk(version)];
+    loop {
+        let n = rd.read(&mut buf).unwrap_or_default();
+        send(&out, &Message::DataStdout(buf[..n].to_vec()))?;
+        if n == 0 {
+            break;
+        }
+    }
+    send(&out, &Message::DataStderr(vec![]))?;
+    send(&out, &Message::ExitCode(0))?;
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    drop(feeder);
+    Ok(())
+}
+
+fn fail_on(out: &Mutex<UnixStream>, msg: &str) -> io::Result<()> {
+    send(out, &Message::DataStdout(vec![]))?;
+    send(
+        out,
+        &Message::DataStderr(format!("bulkhead-agent: {msg}\n").into_bytes()),
+    )?;
+    send(out, &Message::DataStderr(vec![]))?;
+    send(out, &Message::ExitCode(qrexec::EXIT_QREXEC_FAILED as u32))
+}
+
+/// A connected byte stream that can be split into a reader and a writer.
+trait ReadWrite: Read + Write + Send {
+    fn split(self: Box<Self>) -> io::Result<(Box<dyn Read + Send>, Box<dyn HalfClose>)>;
+}
+
+/// The write half, which can signal end of input.
+trait HalfClose: Write + Send {
+    fn close_write(&mut self);
+}
+
+impl HalfClose for UnixStream {
+    fn close_write(&mut self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl HalfClose for std::net::TcpStream {
+    fn close_write(&mut self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl ReadWrite for UnixStream {
+    fn split(self: Box<Self>) -> io::Result<(Box<dyn Read + Send>, Box<dyn HalfClose>)> {
+        let w = self.try_clone()?;
+        Ok((self, Box::new(w)))
+    }
+}
+
+impl ReadWrite for std::net::TcpStream {
+    fn split(self: Box<Self>) -> io::Result<(Box<dyn Read + Send>, Box<dyn HalfClose>)> {
+        let w = self.try_clone()?;
+        Ok((self, Box::new(w)))
+    }
 }

@@ -29,6 +29,7 @@ fn main() {
     let base = argv0.rsplit('/').next().unwrap_or_default().to_string();
     match base.as_str() {
         "qrexec-client-vm" => std::process::exit(client::main(std::env::args().collect())),
+        "qvm-connect-tcp" => std::process::exit(client::connect_tcp(std::env::args().collect())),
         "qubes.Filecopy" => std::process::exit(filecopy::receiver()),
         "qvm-copy" | "qvm-copy-to-vm" | "qvm-move" | "qvm-move-to-vm" => {
             std::process::exit(filecopy::sender(&base, std::env::args().skip(1).collect()))

@@ -29,6 +29,56 @@ pub enum Request {
         full_name: String,
         source: String,
     },
+    /// Connect to this unix socket, send the service descriptor (unless
+    /// configured off), then relay data (Qubes' socket services).
+    Socket {
+        path: PathBuf,
+        descriptor: Option<String>,
+    },
+    /// Connect to this TCP address (a `/dev/tcp/…` link), then relay data.
+    Tcp { host: String, port: u16 },
+}
+
+/// Where per-service settings live (Qubes' `rpc-config`).
+pub const CONFIG_DIR: &str = "/etc/qubes/rpc-config";
+
+/// A per-service setting (`key=value` lines in `CONFIG_DIR/SVC+ARG` or
+/// `CONFIG_DIR/SVC`), if set.
+fn config(svc: &str, with_arg: &str, key: &str) -> Option<String> {
+    [with_arg, svc].iter().find_map(|n| {
+        let text = std::fs::read_to_string(Path::new(CONFIG_DIR).join(n)).ok()?;
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == key).then(|| v.trim().trim_matches('\'').trim_matches('"').to_string())
+        })
+    })
+}
+
+/// Parses a `/dev/tcp/HOST/PORT` link target, taking what is missing from
+/// the service argument (`PORT`, or `HOST+PORT`).
+fn tcp_target(link: &str, arg: &str) -> Option<(String, u16)> {
+    let rest = link.strip_prefix("/dev/tcp")?;
+    let parts: Vec<&str> = rest
+        .trim_start_matches('/')
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .collect();
+    let (host, port) = match parts.as_slice() {
+        [h, p] => (h.to_string(), p.to_string()),
+        [h] => (h.to_string(), arg.to_string()),
+        [] => {
+            let (h, p) = arg.split_once('+')?;
+            (h.to_string(), p.to_string())
+        }
+        _ => return None,
+    };
+    let valid_host = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    valid_host.then_some((host, port))
 }
 
 /// Why a request cannot run: (qrexec exit code, message).
@@ -71,8 +121,27 @@ pub fn resolve(command: &str, roots: &[&Path]) -> Result<Request, Refusal> {
     for root in roots {
         for name in [with_arg.as_str(), svc] {
             let p = root.join(name);
+            if let Ok(target) = std::fs::read_link(&p) {
+                if target.starts_with("/dev/tcp") {
+                    return match tcp_target(&target.to_string_lossy(), arg) {
+                        Some((host, port)) => Ok(Request::Tcp { host, port }),
+                        None => Err((
+                            qrexec::EXIT_QREXEC_FAILED,
+                            format!("service {} names no valid TCP address", p.display()),
+                        )),
+                    };
+                }
+            }
             if let Ok(m) = std::fs::metadata(&p) {
-                use std::os::unix::fs::PermissionsExt;
+                use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+                if m.file_type().is_socket() {
+                    let skip = config(svc, &with_arg, "skip-service-descriptor")
+                        .is_some_and(|v| v == "true" || v == "1");
+                    return Ok(Request::Socket {
+                        path: p,
+                        descriptor: (!skip).then(|| format!("{with_arg} {source}")),
+                    });
+                }
                 if m.is_file() && m.permissions().mode() & 0o111 != 0 {
                     return Ok(Request::Service {
                         path: p,
@@ -83,7 +152,10 @@ pub fn resolve(command: &str, roots: &[&Path]) -> Result<Request, Refusal> {
                 }
                 return Err((
                     qrexec::EXIT_QREXEC_FAILED,
-                    format!("service {} is not an executable file (other kinds come with qube-to-qube RPC)", p.display()),
+                    format!(
+                        "service {} is not an executable, a socket or a /dev/tcp link",
+                        p.display()
+                    ),
                 ));
             }
         }
@@ -139,5 +211,50 @@ mod tests {
             qrexec::EXIT_QREXEC_FAILED
         );
         assert_eq!(r("echo hi").unwrap(), Request::Shell("echo hi".into()));
+    }
+
+    #[test]
+    fn dev_tcp_links_take_what_is_missing_from_the_argument() {
+        assert_eq!(
+            tcp_target("/dev/tcp/127.0.0.1/22", "x"),
+            Some(("127.0.0.1".into(), 22))
+        );
+        assert_eq!(
+            tcp_target("/dev/tcp/127.0.0.1", "8082"),
+            Some(("127.0.0.1".into(), 8082))
+        );
+        assert_eq!(
+            tcp_target("/dev/tcp", "10.0.0.1+443"),
+            Some(("10.0.0.1".into(), 443))
+        );
+        for (link, arg) in [
+            ("/dev/tcp/h", "0"),
+            ("/dev/tcp/h", "x"),
+            ("/dev/tcp", "h"),
+            ("/dev/tcp/a/b/c", ""),
+            ("/dev/tcp/h;rm/1", ""),
+        ] {
+            assert_eq!(tcp_target(link, arg), None, "{link} {arg}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/tcp/127.0.0.1", d.path().join("qubes.ConnectTCP"))
+            .unwrap();
+        let roots = [d.path()];
+        assert_eq!(
+            resolve("QUBESRPC qubes.ConnectTCP+22 work", &roots).unwrap(),
+            Request::Tcp {
+                host: "127.0.0.1".into(),
+                port: 22
+            }
+        );
+        let l = std::os::unix::net::UnixListener::bind(d.path().join("my.Sock")).unwrap();
+        assert_eq!(
+            resolve("QUBESRPC my.Sock+a work", &roots).unwrap(),
+            Request::Socket {
+                path: d.path().join("my.Sock"),
+                descriptor: Some("my.Sock+a work".into())
+            }
+        );
+        drop(l);
     }
 }

@@ -579,6 +579,7 @@ fn qrexec_calls_between_qubes_follow_policy(mode: &str) {
              test.Missing * @anyvm @anyvm allow\n\
              test.Ask * @anyvm @anyvm ask\n\
              test.Echo +ask @anyvm @anyvm ask\n\
+             qubes.ConnectTCP +7777 @anyvm @anyvm allow\n\
              test.Echo * @anyvm @anyvm deny\n"
         ),
     );
@@ -675,6 +676,20 @@ fn qrexec_calls_between_qubes_follow_policy(mode: &str) {
     assert!(call("test.Echo+allowed").ends_with("rc=126\n"));
     std::fs::remove_file(e.d.dir.path().join("policy.d/40-broken.policy")).unwrap();
     assert!(call("test.Echo+allowed").ends_with("rc=5\n"));
+
+    // qubes.ConnectTCP (a /dev/tcp link) and qvm-connect-tcp: a TCP echo
+    // server on b's loopback, reached from a; other ports are not allowed.
+    e.sh(
+        &b,
+        "user",
+        "(nc -ll -p 7777 -e /bin/cat >/dev/null 2>&1 &); sleep 0.2",
+    );
+    let out = e.sh(&a, "user", &format!(
+        "echo over-qrexec | qrexec-client-vm {b} qubes.ConnectTCP+7777; \
+         qrexec-client-vm {b} qubes.ConnectTCP+22 </dev/null 2>/dev/null; echo rc=$?; \
+         (qvm-connect-tcp 8888:{b}:7777 >/dev/null 2>&1 &); sleep 0.3; echo over-tcp | nc -w 2 127.0.0.1 8888"
+    )).1;
+    assert_eq!(out, "over-qrexec\nrc=126\nover-tcp\n");
 
     // 256 calls at once into one qube.
     let out = e

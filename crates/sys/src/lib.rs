@@ -14,4 +14,5 @@ pub mod fdpass;
 pub mod fs;
 pub mod loopdev;
 pub mod mount;
+pub mod net;
 pub mod process;

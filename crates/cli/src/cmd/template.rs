@@ -406,9 +406,15 @@ fn qrexec_services(root: &Path, shell: &str) -> Result<()> {
         "/usr/bin/bulkhead-agent",
         root.join("etc/qubes-rpc/qubes.Filecopy"),
     )?;
+    // TCP to the qube's own loopback, port from the argument (Qubes' link).
+    symlink(
+        "/dev/tcp/127.0.0.1",
+        root.join("etc/qubes-rpc/qubes.ConnectTCP"),
+    )?;
     // Calls to other qubes and file copy (the agent binary under Qubes' names).
     for tool in [
         "qrexec-client-vm",
+        "qvm-connect-tcp",
         "qvm-copy",
         "qvm-copy-to-vm",
         "qvm-move",

@@ -345,6 +345,8 @@ fn inner(
         )?;
     }
     ctx(sethostname(&cfg.hostname), "sethostname")?;
+    // The qube's own loopback (a fresh network namespace starts with it down).
+    ctx(bulkhead_sys::net::loopback_up(), "bring up lo")?;
     ctx(chdir(m), "chdir to new root")?;
     ctx(pivot_root(".", "."), "pivot_root")?;
     ctx(umount2(".", MntFlags::MNT_DETACH), "detach old root")?;
