@@ -550,6 +550,78 @@ impl Daemon {
         let _ = self.set_power(name, PowerState::Halted).await;
         self.emit(event(name, "domain-shutdown", vec![]));
         self.emit(event(name, "domain-stopped", vec![]));
+        // A disposable is gone once it stops (Qubes' auto_cleanup).
+        if let Ok(q) = app.vm(name) {
+            let cleanup = q.class == crate::model::Class::DispVM
+                && props::value(&app, Holder::Vm(name), "auto_cleanup")
+                    .map(|v| v.as_bool())
+                    .unwrap_or(false);
+            if cleanup {
+                let ctx = crate::api::Ctx {
+                    source: crate::model::DOM0.into(),
+                    dest: name.into(),
+                };
+                match self.write_call(&ctx, &crate::api::Call::Remove).await {
+                    Ok(_) => {
+                        let (rt2, q2) = (rt.clone(), q.clone());
+                        let _ = blocking(move || rt2.storage.remove(&q2)).await;
+                    }
+                    Err(e) => tracing::warn!("disposable '{name}' not removed: {}", e.message),
+                }
+            }
+        }
+    }
+
+    /// Creates a disposable from `template` (an AppVM with
+    /// `template_for_dispvms`), named `dispN`, not started.
+    pub async fn create_disposable(self: &Arc<Self>, template: &str) -> ApiResult<String> {
+        let app = self.snapshot();
+        let t = app.vm(template)?;
+        if !props::value(&app, Holder::Vm(template), "template_for_dispvms")?.as_bool() {
+            return Err(ApiError::value(format!(
+                "'{template}' cannot be a disposable template: set its template_for_dispvms to True"
+            )));
+        }
+        let label = props::value(&app, Holder::Vm(&t.name), "label")?.to_text();
+        for _ in 0..100 {
+            let name = format!("disp{}", rand::random::<u32>() % 9000 + 1000);
+            if app.qubes.contains_key(&name) {
+                continue;
+            }
+            let ctx = crate::api::Ctx {
+                source: crate::model::DOM0.into(),
+                dest: crate::model::DOM0.into(),
+            };
+            let call = crate::api::Call::Create(crate::api::CreateArgs {
+                class: crate::model::Class::DispVM,
+                template: Some(template.to_string()),
+                name: name.clone(),
+                label: label.clone(),
+                pools: Default::default(),
+            });
+            match self.write_call(&ctx, &call).await {
+                Ok(_) => {
+                    // Removed when it stops, as Qubes' disposables.
+                    let set = crate::api::Call::PropertySet(
+                        crate::api::Target::Vm,
+                        "auto_cleanup".into(),
+                        b"True".to_vec(),
+                    );
+                    let vctx = crate::api::Ctx {
+                        source: crate::model::DOM0.into(),
+                        dest: name.clone(),
+                    };
+                    self.write_call(&vctx, &set).await?;
+                    return Ok(name);
+                }
+                Err(e) if e.exc == Exc::QubesVMAlreadyExistsError => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ApiError::new(
+            Exc::QubesException,
+            "no free disposable name",
+        ))
     }
 
     /// `admin.vm.Shutdown[+force][+wait]`.
@@ -738,6 +810,12 @@ impl Daemon {
             let rec: Option<InstanceRecord> = std::fs::read(&path)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
+            // A disposable's call died with the previous daemon: it goes.
+            let disposable = q.class == crate::model::Class::DispVM
+                && props::value(&app, Holder::Vm(&q.name), "auto_cleanup")
+                    .map(|v| v.as_bool())
+                    .unwrap_or(false);
+            let rec = rec.filter(|_| !disposable);
             let adopted = rec.and_then(|rec| {
                 let backend = rt.backend(&rec.backend)?;
                 match backend.adopt(&rec) {
@@ -786,11 +864,33 @@ impl Daemon {
                 rt2.stop_relay(&q2.name);
                 let _ = std::fs::remove_file(rt2.record_path(&q2.name));
                 let _ = std::fs::remove_file(rt2.qrexec_link(&q2.name));
-                rt2.storage.stop(&app2, &q2).map_err(|e| e.to_string())
+                let r = rt2.storage.stop(&app2, &q2).map_err(|e| e.to_string());
+                // The guest channel and staging mounts of a lost instance.
+                rt2.storage.unmount_leftovers(&q2.name);
+                r
             })
             .await;
             match r {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => {
+                    if disposable {
+                        let ctx = crate::api::Ctx {
+                            source: crate::model::DOM0.into(),
+                            dest: q.name.clone(),
+                        };
+                        if self
+                            .write_call(&ctx, &crate::api::Call::Remove)
+                            .await
+                            .is_ok()
+                        {
+                            let (rt2, q2) = (rt.clone(), q.clone());
+                            let _ = blocking(move || rt2.storage.remove(&q2)).await;
+                            tracing::info!(
+                                "removed disposable '{}' left by the previous daemon",
+                                q.name
+                            );
+                        }
+                    }
+                }
                 Ok(Err(e)) => tracing::error!("qube '{}': cleanup failed: {e}", q.name),
                 Err(e) => tracing::error!("qube '{}': {}", q.name, e.message),
             }

@@ -28,6 +28,24 @@ impl Daemon {
         let name = ctx.dest.as_str();
         match call {
             Call::Start => self.vm_start(name).await.map(|()| String::new()),
+            Call::CreateDisposable => {
+                let template = if name == DOM0 {
+                    let app = self.snapshot();
+                    crate::model::props::value(
+                        &app,
+                        crate::model::props::Holder::Global,
+                        "default_dispvm",
+                    )?
+                    .as_vm()
+                    .map(str::to_string)
+                    .ok_or_else(|| {
+                        ApiError::value("no default_dispvm is set; name a disposable template")
+                    })?
+                } else {
+                    name.to_string()
+                };
+                self.create_disposable(&template).await
+            }
             Call::Shutdown { force, wait } => self
                 .vm_shutdown(name, *force, *wait)
                 .await

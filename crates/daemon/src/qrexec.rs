@@ -307,13 +307,44 @@ impl Daemon {
             log("denied: a qube cannot call itself");
             return Err(refuse(qrexec::EXIT_REFUSED, "request refused"));
         }
-        if dest.starts_with("@dispvm") {
-            log("failed: disposables are not supported yet");
-            return Err(refuse(
-                qrexec::EXIT_QREXEC_FAILED,
-                "disposables are not supported yet",
-            ));
-        }
+        // A disposable: created and started for this call, killed (and so
+        // removed) when the call ends.
+        let mut disposable = None;
+        let (dest, autostart) = match dest.strip_prefix("@dispvm:") {
+            Some(tmpl) => {
+                let d = self.clone();
+                let tmpl = tmpl.to_string();
+                let made = tokio::runtime::Handle::current().block_on(async move {
+                    let name = d.create_disposable(&tmpl).await?;
+                    if let Err(e) = d.vm_start(&name).await {
+                        let _ = d
+                            .remove_qube(&crate::api::Ctx {
+                                source: DOM0.into(),
+                                dest: name.clone(),
+                            })
+                            .await;
+                        return Err(e);
+                    }
+                    Ok(name)
+                });
+                match made {
+                    Ok(name) => {
+                        log(&format!("started disposable {name}"));
+                        disposable = Some(name.clone());
+                        // Already running: the start below finds it so.
+                        (name, true)
+                    }
+                    Err(e) => {
+                        log(&format!("failed: cannot start a disposable: {}", e.message));
+                        return Err(refuse(
+                            qrexec::EXIT_QREXEC_FAILED,
+                            "cannot start a disposable",
+                        ));
+                    }
+                }
+            }
+            None => (dest, autostart),
+        };
         if dest == DOM0 {
             // Served by the host: a socket pair whose far end goes to the
             // relay, speaking data messages like an agent would.
@@ -377,13 +408,39 @@ impl Daemon {
             t.set_write_timeout(None)?;
             Ok((version, t))
         };
-        connect().map_err(|e| {
+        let connected = connect().map_err(|e| {
             log(&format!("failed: connecting to {dest}: {e}"));
             refuse(
                 qrexec::EXIT_QREXEC_FAILED,
                 "cannot reach the target's agent",
             )
-        })
+        });
+        let Some(name) = disposable else {
+            return connected;
+        };
+        let kill = |d: Arc<Daemon>, name: String| {
+            let _ =
+                tokio::runtime::Handle::current().block_on(async move { d.vm_kill(&name).await });
+        };
+        let (version, target) = match connected {
+            Ok(c) => c,
+            Err(r) => {
+                kill(self.clone(), name);
+                return Err(r);
+            }
+        };
+        // Relay the bytes (not parsed here) so the end of the call is seen,
+        // then dispose of the qube.
+        let (ours, theirs) = UnixStream::pair()
+            .map_err(|e| refuse(qrexec::EXIT_QREXEC_FAILED, format!("socketpair: {e}")))?;
+        let d = self.clone();
+        let handle = tokio::runtime::Handle::current();
+        std::thread::spawn(move || {
+            let _g = handle.enter();
+            splice_bytes(ours, target);
+            kill(d, name);
+        });
+        Ok((version, theirs))
     }
 }
 
@@ -475,6 +532,26 @@ pub async fn serve_ask(daemon: Arc<Daemon>, listener: tokio::net::UnixListener) 
             rt.ask.register(std);
         }
     }
+}
+
+/// Copies bytes both ways until both directions are done.
+fn splice_bytes(a: UnixStream, b: UnixStream) {
+    fn copy(mut from: UnixStream, mut to: UnixStream) {
+        use std::io::Write;
+        let mut buf = vec![0u8; 256 << 10];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    }
+    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
+        return;
+    };
+    let t = std::thread::spawn(move || copy(a2, b2));
+    copy(b, a);
+    let _ = t.join();
 }
 
 /// Binds the policy socket for relays: any local uid may connect, only

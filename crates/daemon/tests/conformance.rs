@@ -81,6 +81,7 @@ conformance!(
     qrexec_calls_between_qubes_follow_policy,
     admin_calls_and_dom0_services_from_qubes_follow_policy,
     qvm_copy_delivers_trees_and_refuses_hostile_streams,
+    calls_to_dispvm_run_in_a_fresh_disposable_that_is_then_removed,
 );
 
 impl Env {
@@ -854,4 +855,79 @@ fn qvm_copy_delivers_trees_and_refuses_hostile_streams(mode: &str) {
         &format!("ls ~/QubesIncoming/{a}; ls ~/QubesIncoming; ls /tmp; ls ~ | grep -c escaped"),
     );
     assert_eq!(out, format!("d\nf\n{a}\n0\n"), "{out}");
+}
+
+fn calls_to_dispvm_run_in_a_fresh_disposable_that_is_then_removed(mode: &str) {
+    let e = env_or_skip!("e2e14", mode);
+    let (a, dvm) = (e.q("a"), e.q("dvm"));
+    e.create(&a);
+    e.create(&dvm);
+    e.ok(&["prefs", &dvm, "template_for_dispvms", "True"]);
+    e.ok(&["prefs", &a, "default_dispvm", &dvm]);
+    // The service lives in the disposable template's private volume.
+    let (code, _) = e.sh(
+        &dvm,
+        "root",
+        "mkdir -p /usr/local/etc/qubes-rpc && printf '#!/bin/sh\\necho \"in $(hostname)\"; echo scratch > ~/left-behind\\n' \
+         > /usr/local/etc/qubes-rpc/test.Where && chmod +x /usr/local/etc/qubes-rpc/test.Where",
+    );
+    assert_eq!(code, 0);
+    e.ok(&["shutdown", "--wait", &dvm]);
+    policy(
+        &e,
+        "50-disp.policy",
+        &format!(
+            "test.Where * @anyvm @dispvm allow\n\
+             test.Where * @anyvm @dispvm:{dvm} allow\n\
+             test.Where * @anyvm @anyvm deny\n"
+        ),
+    );
+    let before = e.ok(&["ls", "--raw-list"]);
+    for target in ["@dispvm".to_string(), format!("@dispvm:{dvm}")] {
+        let out = e
+            .sh(
+                &a,
+                "user",
+                &format!("qrexec-client-vm {target} test.Where </dev/null; echo rc=$?"),
+            )
+            .1;
+        assert!(
+            out.starts_with("in disp") && out.ends_with("rc=0\n"),
+            "{target}: {out}"
+        );
+    }
+    // bulkhead run --dispvm: the same from dom0.
+    let out = e.ok(&[
+        "run",
+        &format!("--dispvm={dvm}"),
+        "--",
+        "sh",
+        "-c",
+        "hostname; ls /usr/local/etc/qubes-rpc",
+    ]);
+    assert!(
+        out.starts_with("disp") && out.ends_with("test.Where\n"),
+        "{out}"
+    );
+    // Each call had its own disposable, gone afterwards; the template is untouched.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.ok(&["ls", "--raw-list"]) != before {
+        assert!(
+            Instant::now() < deadline,
+            "disposables left: {}",
+            e.ok(&["ls", "--raw-list"])
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = e.sh(&dvm, "user", "ls ~").1;
+    assert!(!out.contains("left-behind"), "{out}");
+    // A named qube is not a disposable target for this rule.
+    let out = e
+        .sh(
+            &a,
+            "user",
+            &format!("qrexec-client-vm {dvm} test.Where </dev/null; echo rc=$?"),
+        )
+        .1;
+    assert!(out.ends_with("rc=126\n"), "{out}");
 }

@@ -24,18 +24,50 @@ pub struct Args {
     /// Run the words as a shell command line (`sh -c`), as qvm-run does.
     #[arg(long)]
     shell: bool,
+    /// Run in a new disposable made from this disposable template (or, with
+    /// `--dispvm` alone, the global default_dispvm), removed afterwards; the
+    /// qube argument is then omitted.
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    dispvm: Option<String>,
     /// Set by the `qvm-run` name: Qubes' defaults (shell, no I/O unless -p).
     #[arg(long, hide = true)]
     qvm_run: bool,
     /// The qube.
     vm: String,
     /// Command and arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
 }
 
 /// Returns the command's exit code.
-pub fn run(client: &Client, socket: &Path, a: Args) -> Result<u8> {
+pub fn run(client: &Client, socket: &Path, mut a: Args) -> Result<u8> {
+    if let Some(tmpl) = a.dispvm.clone() {
+        // No qube argument: what clap took as the qube is the command.
+        a.command.insert(0, std::mem::take(&mut a.vm));
+        let dest = if tmpl.is_empty() {
+            "dom0"
+        } else {
+            tmpl.as_str()
+        };
+        let name = client
+            .call("admin.vm.CreateDisposable", "", dest, b"")
+            .context("cannot create a disposable")?;
+        a.vm = name.clone();
+        if a.command.iter().all(|c| c.is_empty()) {
+            return crate::exit::usage("name the command to run in the disposable");
+        }
+        let r = run_in(client, socket, &a);
+        // Killing a disposable removes it.
+        let _ = client.call("admin.vm.Kill", "", &name, b"");
+        return r;
+    }
+    run_in(client, socket, &a)
+}
+
+fn run_in(client: &Client, socket: &Path, a: &Args) -> Result<u8> {
+    if a.command.is_empty() {
+        return crate::exit::usage("name the command to run: bulkhead run QUBE -- CMD [ARG...]");
+    }
     super::lookup(client, &a.vm)?;
     let state = client.call("admin.vm.CurrentState", "", &a.vm, b"")?;
     let running = state.contains("power_state=Running");

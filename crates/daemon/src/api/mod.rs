@@ -68,6 +68,9 @@ pub enum Call {
     SystemInfo,
     // Lifecycle (served by `lifecycle`, not by `exec`).
     Start,
+    /// `admin.vm.CreateDisposable`: a new disposable from the destination
+    /// (or, for dom0, the global `default_dispvm`); returns its name.
+    CreateDisposable,
     Shutdown {
         force: bool,
         wait: bool,
@@ -139,6 +142,7 @@ impl Call {
         matches!(
             self,
             Call::Start
+                | Call::CreateDisposable
                 | Call::Shutdown { .. }
                 | Call::Kill
                 | Call::Pause
@@ -195,6 +199,7 @@ static METHODS: &[(&str, Want, Want, Want)] = &[
     ("admin.pool.Info", Yes, No, Yes),
     ("admin.pool.List", No, No, Yes),
     ("admin.pool.ListDrivers", No, No, Yes),
+    ("admin.vm.CreateDisposable", No, No, Any),
     ("admin.vm.CurrentState", No, No, Any),
     ("admin.vm.Kill", No, No, No),
     ("admin.vm.Pause", No, No, No),
@@ -324,6 +329,7 @@ pub fn decode(app: &App, req: &Request) -> ApiResult<(Ctx, Call)> {
         "admin.vm.List" => Call::VmList,
         "admin.vm.CurrentState" => Call::CurrentState,
         "admin.vm.Start" => Call::Start,
+        "admin.vm.CreateDisposable" => Call::CreateDisposable,
         "internal.GetSystemInfo" => {
             if source != DOM0 {
                 return Err(ApiError::new(

@@ -346,6 +346,18 @@ impl Storage {
                         .get(&sq)
                         .ok_or_else(|| inv(format!("its source qube '{sq}' does not exist")))?;
                     let src = self.clean(src_q, sv);
+                    if !src.exists() && c.name == "private" {
+                        // A disposable template that never ran has an
+                        // empty private volume: so does its disposable.
+                        let img = self.dirty(q, c.name);
+                        self.fresh_image(&img, c.size, c.name)
+                            .map_err(e("create", &img))?;
+                        created.push(img.clone());
+                        let rw = c.rw;
+                        self.mount_image(&img, &at, rw).map_err(e("mount", &img))?;
+                        private_mnt = Some(at);
+                        continue;
+                    }
                     if !src.exists() {
                         return Err(inv(format!(
                             "source {sq}:{sv} has no image yet ({}); build or import it first (e.g. `bulkhead template build minimal`)",
@@ -736,6 +748,25 @@ impl Storage {
             .map_err(err(dst, vol)("copy", &from))?;
         let c = conf(app, dst, vol)?;
         self.commit(dst, &c, &tmp)
+    }
+
+    /// Unmounts whatever is still mounted under a qube's runtime dir
+    /// (leftovers of a qube whose instance was lost), deepest first.
+    pub fn unmount_leftovers(&self, name: &str) {
+        let base = self.runtime_dir(name);
+        let Ok(mi) = fs::read_to_string("/proc/self/mountinfo") else {
+            return;
+        };
+        let mut points: Vec<PathBuf> = mi
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(|m| PathBuf::from(unescape_mountinfo(m)))
+            .filter(|p| p.starts_with(&base))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for p in points {
+            let _ = umount2(&p, MntFlags::MNT_DETACH);
+        }
     }
 
     /// Deletes every file of a qube's volumes (the qube is being removed).
