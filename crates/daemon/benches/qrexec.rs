@@ -175,6 +175,21 @@ fn main() {
         "256 concurrent calls into qb                                {:.0} ms total",
         t.elapsed().as_secs_f64() * 1e3
     );
+    // A disposable per call (no warm pool yet): create, start, run, kill, remove.
+    d.cli(&["create", "-t", "minimal", "-l", "red", "bdvm"]);
+    d.cli(&["prefs", "bdvm", "template_for_dispvms", "True"]);
+    let mut disp: Vec<Duration> = (0..10)
+        .map(|_| {
+            let t = Instant::now();
+            d.cli(&["run", "--dispvm=bdvm", "--", "true"]);
+            t.elapsed()
+        })
+        .collect();
+    disp.sort();
+    println!(
+        "bulkhead run --dispvm true (cold: create+start+run+remove)  median {:.1} ms",
+        pct(&disp, 0.5).as_secs_f64() * 1e3
+    );
     // qvm-copy: one 1 GiB file, then 10,000 files of 1 KiB.
     d.cli(&["run", "bqa", "--", "sh", "-c", "head -c 1073741824 /dev/zero > /tmp/big && mkdir /tmp/small && cd /tmp/small && head -c 1024 /dev/zero > /tmp/k && i=0 && while [ $i -lt 10000 ]; do cp /tmp/k f$i; i=$((i+1)); done && ls | wc -l"]);
     for (what, path, bytes) in [
