@@ -14,6 +14,7 @@ mod client;
 mod exec;
 mod filecopy;
 mod init;
+mod open;
 mod reaper;
 mod service;
 
@@ -30,6 +31,11 @@ fn main() {
     match base.as_str() {
         "qrexec-client-vm" => std::process::exit(client::main(std::env::args().collect())),
         "qvm-connect-tcp" => std::process::exit(client::connect_tcp(std::env::args().collect())),
+        "qubes.OpenURL" => std::process::exit(open::open_url_service()),
+        "qubes.OpenInVM" => std::process::exit(open::open_file_service()),
+        "qvm-open-in-vm" | "qvm-open-in-dvm" => {
+            std::process::exit(open::sender(&base, std::env::args().skip(1).collect()))
+        }
         "qubes.Filecopy" => std::process::exit(filecopy::receiver()),
         "qvm-copy" | "qvm-copy-to-vm" | "qvm-move" | "qvm-move-to-vm" => {
             std::process::exit(filecopy::sender(&base, std::env::args().skip(1).collect()))

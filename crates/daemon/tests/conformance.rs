@@ -868,8 +868,10 @@ fn calls_to_dispvm_run_in_a_fresh_disposable_that_is_then_removed(mode: &str) {
     let (code, _) = e.sh(
         &dvm,
         "root",
-        "mkdir -p /usr/local/etc/qubes-rpc && printf '#!/bin/sh\\necho \"in $(hostname)\"; echo scratch > ~/left-behind\\n' \
-         > /usr/local/etc/qubes-rpc/test.Where && chmod +x /usr/local/etc/qubes-rpc/test.Where",
+        "mkdir -p /usr/local/etc/qubes-rpc /usr/local/bin && printf '#!/bin/sh\\necho \"in $(hostname)\"; echo scratch > ~/left-behind\\n' \
+         > /usr/local/etc/qubes-rpc/test.Where && chmod +x /usr/local/etc/qubes-rpc/test.Where \
+         && printf '#!/bin/sh\\n[ -f \"$1\" ] && echo \"edited in $(hostname)\" >> \"$1\"; exit 0\\n' > /usr/local/bin/xdg-open \
+         && chmod +x /usr/local/bin/xdg-open",
     );
     assert_eq!(code, 0);
     e.ok(&["shutdown", "--wait", &dvm]);
@@ -879,7 +881,10 @@ fn calls_to_dispvm_run_in_a_fresh_disposable_that_is_then_removed(mode: &str) {
         &format!(
             "test.Where * @anyvm @dispvm allow\n\
              test.Where * @anyvm @dispvm:{dvm} allow\n\
-             test.Where * @anyvm @anyvm deny\n"
+             test.Where * @anyvm @anyvm deny\n\
+             qubes.OpenInVM * @anyvm @dispvm allow\n\
+             qubes.OpenInVM * @anyvm {dvm} allow\n\
+             qubes.OpenURL * @anyvm {dvm} allow\n"
         ),
     );
     let before = e.ok(&["ls", "--raw-list"]);
@@ -896,6 +901,24 @@ fn calls_to_dispvm_run_in_a_fresh_disposable_that_is_then_removed(mode: &str) {
             "{target}: {out}"
         );
     }
+    // Opening a file in a disposable and in a named qube: the edit comes back.
+    let out = e
+        .sh(
+            &a,
+            "user",
+            &format!(
+                "echo original > doc.txt && qvm-open-in-dvm doc.txt 2>/dev/null && cat doc.txt && \
+         qvm-open-in-vm {dvm} doc.txt 2>/dev/null && tail -n 1 doc.txt; \
+         qvm-open-in-vm {dvm} https://example.org/; echo url=$?"
+            ),
+        )
+        .1;
+    assert!(out.starts_with("original\nedited in disp"), "{out}");
+    assert!(
+        out.contains(&format!("\nedited in {dvm}\nurl=0\n")),
+        "{out}"
+    );
+    e.ok(&["shutdown", "--wait", &dvm]);
     // bulkhead run --dispvm: the same from dom0.
     let out = e.ok(&[
         "run",

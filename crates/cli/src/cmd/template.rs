@@ -402,10 +402,12 @@ fn qrexec_services(root: &Path, shell: &str) -> Result<()> {
         "/usr/bin/bulkhead-agent",
         root.join("etc/qubes-rpc/qubes.VMExec"),
     )?;
-    symlink(
-        "/usr/bin/bulkhead-agent",
-        root.join("etc/qubes-rpc/qubes.Filecopy"),
-    )?;
+    for svc in ["qubes.Filecopy", "qubes.OpenInVM", "qubes.OpenURL"] {
+        symlink(
+            "/usr/bin/bulkhead-agent",
+            root.join("etc/qubes-rpc").join(svc),
+        )?;
+    }
     // TCP to the qube's own loopback, port from the argument (Qubes' link).
     symlink(
         "/dev/tcp/127.0.0.1",
@@ -415,6 +417,8 @@ fn qrexec_services(root: &Path, shell: &str) -> Result<()> {
     for tool in [
         "qrexec-client-vm",
         "qvm-connect-tcp",
+        "qvm-open-in-vm",
+        "qvm-open-in-dvm",
         "qvm-copy",
         "qvm-copy-to-vm",
         "qvm-move",
