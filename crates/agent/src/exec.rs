@@ -118,6 +118,14 @@ pub fn serve(mut stream: UnixStream, reaper: &Reaper) -> io::Result<()> {
     // Qubes' "DEFAULT" user is the qube's default user; the host normally
     // substitutes it, but a bare DEFAULT means "user".
     let user = if user == "DEFAULT" { "user" } else { user };
+    // A service may insist on its user (rpc-config `force-user`).
+    let user = match &request {
+        crate::service::Request::Service {
+            force_user: Some(u),
+            ..
+        } => u.as_str(),
+        _ => user,
+    };
     let Some(u) = lookup_user(user) else {
         return fail(
             qrexec::EXIT_QREXEC_FAILED,

@@ -28,6 +28,8 @@ pub enum Request {
         arg: String,
         full_name: String,
         source: String,
+        /// `force-user` from the service's rpc-config: run as this user.
+        force_user: Option<String>,
     },
     /// Connect to this unix socket, send the service descriptor (unless
     /// configured off), then relay data (Qubes' socket services).
@@ -148,6 +150,7 @@ pub fn resolve(command: &str, roots: &[&Path]) -> Result<Request, Refusal> {
                         arg: arg.to_string(),
                         full_name: with_arg.clone(),
                         source,
+                        force_user: config(svc, &with_arg, "force-user").filter(|u| !u.is_empty()),
                     });
                 }
                 return Err((
@@ -190,6 +193,7 @@ mod tests {
                 arg,
                 full_name,
                 source,
+                ..
             } => {
                 assert_eq!(
                     (path, arg.as_str(), full_name.as_str(), source.as_str()),

@@ -569,11 +569,20 @@ fn qrexec_calls_between_qubes_follow_policy(mode: &str) {
          > /usr/local/etc/qubes-rpc/test.Echo && chmod +x /usr/local/etc/qubes-rpc/test.Echo",
     );
     assert_eq!(code, 0);
+    let buuid = e.ok(&["prefs", &b, "uuid"]).trim().to_string();
+    // rpc-config: this service always runs as root in b.
+    e.sh(
+        &b,
+        "root",
+        "mkdir -p /etc/qubes/rpc-config && echo force-user=root > /etc/qubes/rpc-config/test.Echo+forced",
+    );
     policy(
         &e,
         "50-test.policy",
         &format!(
-            "test.Echo +allowed @anyvm @anyvm allow\n\
+            "test.Echo +bytype @type:AppVM uuid:{buuid} allow\n\
+             test.Echo +forced @anyvm @anyvm allow\n\
+             test.Echo +allowed @anyvm @anyvm allow\n\
              test.Echo +asroot @anyvm @anyvm allow user=root\n\
              test.Echo +noauto @anyvm @anyvm allow autostart=no\n\
              test.Echo * @tag:trusted {b} allow\n\
@@ -595,6 +604,17 @@ fn qrexec_calls_between_qubes_follow_policy(mode: &str) {
     let out = call("test.Echo+allowed");
     assert_eq!(out, format!("from {a} arg=allowed uid=1000\nHI\nrc=5\n"));
     assert!(call("test.Echo+asroot").contains("uid=0\n"));
+    assert!(call("test.Echo+forced").contains("uid=0\n"), "force-user");
+    // @type: and uuid: tokens; a qube may also be named by uuid.
+    assert!(call("test.Echo+bytype").ends_with("rc=5\n"));
+    let out = e
+        .sh(
+            &a,
+            "user",
+            &format!("qrexec-client-vm uuid:{buuid} test.Echo+allowed </dev/null; echo rc=$?"),
+        )
+        .1;
+    assert!(out.ends_with("rc=5\n"), "{out}");
     assert!(call("test.Echo+other").ends_with("rc=126\n"), "deny rule");
     assert!(
         call("test.Missing").ends_with("rc=127\n"),
