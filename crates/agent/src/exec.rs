@@ -2,6 +2,7 @@
 //! ways until the command exits.
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -208,6 +209,16 @@ pub fn serve(mut stream: UnixStream, reaper: &Reaper) -> io::Result<()> {
         }
     };
     let pid = child.id();
+    // Bigger pipes: fewer wake-ups when a service streams a lot (qvm-copy).
+    for fd in [
+        child.stdin.as_ref().map(std::os::fd::AsFd::as_fd),
+        child.stdout.as_ref().map(std::os::fd::AsFd::as_fd),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let _ = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+    }
     let chunk = max_chunk(version);
     let (o, e) = (out.clone(), out.clone());
     let stdout = child

@@ -1,6 +1,6 @@
 //! Loop devices: attach an image file to a free `/dev/loopN` in one
 //! `LOOP_CONFIGURE` call (kernel ≥ 5.8), with autoclear so the device goes
-//! away by itself once the file system on it is unmounted.
+//! away by itself once the file system on it is unmounted, and direct I/O.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -11,6 +11,7 @@ const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
+const LO_FLAGS_DIRECT_IO: u32 = 16;
 
 /// `struct loop_info64` from `<linux/loop.h>`.
 #[repr(C)]
@@ -92,7 +93,11 @@ pub fn attach(image: &Path, read_only: bool) -> io::Result<LoopDevice> {
             }
             Err(e) => return Err(e),
         };
-        let mut flags = LO_FLAGS_AUTOCLEAR;
+        // Direct I/O to the image: one page cache (the file system's on
+        // the device) instead of two, so writes are faster and steadier.
+        // The kernel falls back to buffered I/O where the image's file
+        // system cannot do direct I/O.
+        let mut flags = LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO;
         if read_only {
             flags |= LO_FLAGS_READ_ONLY;
         }
