@@ -80,6 +80,8 @@ enum Command {
     Template(cmd::template::Args),
     /// Check the qrexec policy, or explain a decision.
     Policy(cmd::policy::Args),
+    /// Copy host files into a qube's ~/QubesIncoming/dom0 (qvm-copy-to-vm in dom0).
+    Copy(cmd::copy::Args),
     /// Answer qrexec `ask` rules in this terminal.
     AskAgent(cmd::ask_agent::Args),
 }
@@ -158,6 +160,7 @@ fn main() -> ExitCode {
         Command::Template(a) => cmd::template::run(&client, a),
         Command::Policy(a) => cmd::policy::run(&client, a),
         Command::AskAgent(a) => cmd::ask_agent::run(&cli.socket, a),
+        Command::Copy(a) => cmd::copy::run(&client, &cli.socket, a),
         Command::Run(a) => {
             return match cmd::run::run(&client, &cli.socket, a) {
                 Ok(code) => ExitCode::from(code),

@@ -842,6 +842,16 @@ fn qvm_copy_delivers_trees_and_refuses_hostile_streams(mode: &str) {
         out,
         "./\n./d\n./d/a\n./d/link\n./d/sub\n./d/sub/b\n./f\ntwo\na\n".replacen("./\n", ".\n", 1)
     );
+    // From the host: bulkhead copy into ~/QubesIncoming/dom0.
+    let host = e.d.dir.path().join("from-host");
+    std::fs::create_dir_all(host.join("inner")).unwrap();
+    std::fs::write(host.join("inner/n.txt"), "host data\n").unwrap();
+    e.ok(&["copy", &b, host.to_str().unwrap()]);
+    assert_eq!(
+        e.sh(&b, "user", "cat ~/QubesIncoming/dom0/from-host/inner/n.txt")
+            .1,
+        "host data\n"
+    );
     // qvm-copy without a target goes to the policy's ask: no prompt agent, refused.
     let (_, out) = e.sh(&a, "user", "qvm-copy f; echo rc=$?");
     assert!(out.ends_with("rc=126\n"), "{out}");
@@ -874,7 +884,7 @@ fn qvm_copy_delivers_trees_and_refuses_hostile_streams(mode: &str) {
         "user",
         &format!("ls ~/QubesIncoming/{a}; ls ~/QubesIncoming; ls /tmp; ls ~ | grep -c escaped"),
     );
-    assert_eq!(out, format!("d\nf\n{a}\n0\n"), "{out}");
+    assert_eq!(out, format!("d\nf\ndom0\n{a}\n0\n"), "{out}");
 }
 
 fn calls_to_dispvm_run_in_a_fresh_disposable_that_is_then_removed(mode: &str) {

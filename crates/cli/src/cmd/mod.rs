@@ -3,6 +3,7 @@
 pub mod ask_agent;
 pub mod check;
 pub mod clone;
+pub mod copy;
 pub mod create;
 pub mod events;
 pub mod features;
