@@ -84,7 +84,12 @@ fn usage() -> i32 {
 /// `qrexec-client-vm`; returns the exit code.
 pub fn main(args: Vec<String>) -> i32 {
     let mut it = args.into_iter().skip(1).peekable();
-    // Qubes' options that change nothing here are accepted and ignored.
+    // Terminal escape filtering as Qubes: on by default where the output
+    // is a terminal (a hostile service must not drive the caller's tty).
+    let mut filter = Filter {
+        stdout: io::IsTerminal::is_terminal(&io::stdout()),
+        stderr: io::IsTerminal::is_terminal(&io::stderr()),
+    };
     while let Some(a) = it.peek().cloned() {
         match a.as_str() {
             "--" => {
@@ -92,12 +97,20 @@ pub fn main(args: Vec<String>) -> i32 {
                 break;
             }
             "-h" | "--help" => return usage(),
-            "--no-filter-escape-chars-stdout"
-            | "--no-filter-escape-chars-stderr"
-            | "-t"
-            | "-T"
-            | "--filter-escape-chars-stdout"
-            | "--filter-escape-chars-stderr" => {
+            "--no-filter-escape-chars-stdout" => {
+                filter.stdout = false;
+                it.next();
+            }
+            "--no-filter-escape-chars-stderr" => {
+                filter.stderr = false;
+                it.next();
+            }
+            "-t" | "--filter-escape-chars-stdout" => {
+                filter.stdout = true;
+                it.next();
+            }
+            "-T" | "--filter-escape-chars-stderr" => {
+                filter.stderr = true;
                 it.next();
             }
             s if s.starts_with("--buffer-size") || s.starts_with("--agent-socket") => {
@@ -117,7 +130,7 @@ pub fn main(args: Vec<String>) -> i32 {
         return usage();
     };
     let local: Vec<String> = it.collect();
-    match run(&target, &service, &local) {
+    match run(&target, &service, &local, filter) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("qrexec-client-vm: {e}");
@@ -160,7 +173,26 @@ pub fn connect(target: &str, service: &str) -> io::Result<Option<Call>> {
     }
 }
 
-fn run(target: &str, service: &str, local: &[String]) -> io::Result<i32> {
+/// Which outputs get terminal control characters replaced.
+#[derive(Clone, Copy)]
+struct Filter {
+    stdout: bool,
+    stderr: bool,
+}
+
+/// Replaces control characters (except tab, newline, carriage return) and
+/// DEL with `_`, as Qubes' escape filter does.
+fn sanitize(d: &[u8]) -> Vec<u8> {
+    d.iter()
+        .map(|&b| match b {
+            b'\t' | b'\n' | b'\r' => b,
+            0..=0x1f | 0x7f => b'_',
+            b => b,
+        })
+        .collect()
+}
+
+fn run(target: &str, service: &str, local: &[String], filter: Filter) -> io::Result<i32> {
     let Some(Call {
         stream: mut s,
         mut dec,
@@ -215,12 +247,20 @@ fn run(target: &str, service: &str, local: &[String]) -> io::Result<i32> {
                 }
                 None if child.is_some() => {}
                 None => {
-                    stdout.write_all(&d)?;
+                    if filter.stdout {
+                        stdout.write_all(&sanitize(&d))?;
+                    } else {
+                        stdout.write_all(&d)?;
+                    }
                     stdout.flush()?;
                 }
             },
             Some(Message::DataStderr(d)) => {
-                stderr.write_all(&d)?;
+                if filter.stderr {
+                    stderr.write_all(&sanitize(&d))?;
+                } else {
+                    stderr.write_all(&d)?;
+                }
             }
             Some(Message::ExitCode(c)) => {
                 break i32::try_from(c).unwrap_or(qrexec::EXIT_QREXEC_FAILED)

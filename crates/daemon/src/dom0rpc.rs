@@ -43,10 +43,24 @@ fn finish(s: &mut UnixStream, stdout: &[u8], stderr: &[u8], code: i32) -> io::Re
     send(s, &Message::ExitCode(code as u32))
 }
 
-/// Reads the caller's stdin to EOF, at most `max` bytes.
+/// dom0 service calls served at once (each holds a host thread).
+pub const MAX_DOM0_CALLS: usize = 32;
+static ACTIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How long a caller may take to send its whole stdin to a dom0 service.
+const STDIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads the caller's stdin to EOF, at most `max` bytes, within
+/// [`STDIN_DEADLINE`] overall.
 fn read_stdin(s: &mut UnixStream, dec: &mut Decoder, max: usize) -> io::Result<Option<Vec<u8>>> {
     let mut v = Vec::new();
+    let deadline = std::time::Instant::now() + STDIN_DEADLINE;
     loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "caller too slow"));
+        }
+        s.set_read_timeout(Some(left))?;
         match recv(s, dec)? {
             Some(Message::DataStdin(d)) if d.is_empty() => return Ok(Some(v)),
             Some(Message::DataStdin(d)) => {
@@ -66,8 +80,32 @@ fn read_stdin(s: &mut UnixStream, dec: &mut Decoder, max: usize) -> io::Result<O
     }
 }
 
-/// Serves one call from `source` to a dom0 service.
+/// Serves one call from `source` to a dom0 service (at most
+/// [`MAX_DOM0_CALLS`] at once; more are refused).
 pub fn serve(
+    d: &Arc<Daemon>,
+    rt: &tokio::runtime::Handle,
+    mut s: UnixStream,
+    source: &str,
+    service: &str,
+    requested: &str,
+) -> io::Result<()> {
+    use std::sync::atomic::Ordering;
+    if ACTIVE.fetch_add(1, Ordering::SeqCst) >= MAX_DOM0_CALLS {
+        ACTIVE.fetch_sub(1, Ordering::SeqCst);
+        return finish(
+            &mut s,
+            b"",
+            b"dom0 is busy; try again\n",
+            qrexec::EXIT_QREXEC_FAILED,
+        );
+    }
+    let r = serve_one(d, rt, s, source, service, requested);
+    ACTIVE.fetch_sub(1, Ordering::SeqCst);
+    r
+}
+
+fn serve_one(
     d: &Arc<Daemon>,
     rt: &tokio::runtime::Handle,
     mut s: UnixStream,
@@ -112,7 +150,8 @@ pub fn serve(
     };
     let Some(path) = file else {
         if svc == "qubes.GetDate" {
-            let _ = read_stdin(&mut s, &mut dec, 0);
+            // Nothing to read: the caller's input is not waited for.
+            let _ = s.shutdown(std::net::Shutdown::Read);
             let out = Command::new("date").args(["-u", "-Iseconds"]).output()?;
             return finish(
                 &mut s,
@@ -128,6 +167,15 @@ pub fn serve(
             qrexec::EXIT_NO_SERVICE,
         );
     };
+    // argv[1] of a root process: never something that reads as an option.
+    if arg.starts_with('-') {
+        return finish(
+            &mut s,
+            b"",
+            b"argument refused\n",
+            qrexec::EXIT_QREXEC_FAILED,
+        );
+    }
     let mut cmd = Command::new(&path);
     if !arg.is_empty() {
         cmd.arg(arg);
@@ -191,15 +239,25 @@ pub fn serve(
         }
         err
     });
-    if let Some(mut o) = child.stdout.take() {
-        let mut buf = vec![0u8; max_chunk(qrexec::PROTOCOL_VERSION)];
-        loop {
-            let n = o.read(&mut buf)?;
-            if n == 0 {
-                break;
+    let streamed = (|| -> io::Result<()> {
+        if let Some(mut o) = child.stdout.take() {
+            let mut buf = vec![0u8; max_chunk(qrexec::PROTOCOL_VERSION)];
+            loop {
+                let n = o.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                send(&mut s, &Message::DataStdout(buf[..n].to_vec()))?;
             }
-            send(&mut s, &Message::DataStdout(buf[..n].to_vec()))?;
         }
+        Ok(())
+    })();
+    if let Err(e) = streamed {
+        // The caller is gone: no root process or zombie is left behind.
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        return Err(e);
     }
     let status = child.wait()?;
     let err = errs.join().unwrap_or_default();

@@ -148,13 +148,18 @@ impl Runtime {
     /// Starts the qube's qrexec relay as the qube's own host uid (the base
     /// of its range: a compromised relay holds nothing the qube's root does
     /// not), listening in the qube's guest channel.
-    fn start_relay(&self, name: &str, channel: &Path, uid: u32) -> std::io::Result<()> {
+    fn start_relay(&self, name: &str, channel: &Path, uid: u32) -> std::io::Result<u32> {
         use std::os::unix::process::CommandExt;
         self.stop_relay(name);
+        let log_path = self.log_dir.join(format!("relay-{name}.log"));
+        // The relay rate-limits itself; the file is still kept bounded.
+        if std::fs::metadata(&log_path).is_ok_and(|m| m.len() > 16 << 20) {
+            let _ = std::fs::rename(&log_path, log_path.with_extension("log.old"));
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.log_dir.join(format!("relay-{name}.log")))?;
+            .open(&log_path)?;
         let child = std::process::Command::new(&self.relay_bin)
             .arg("--listen")
             .arg(channel.join("relay.sock"))
@@ -178,7 +183,7 @@ impl Runtime {
             let mut child = child;
             let _ = child.wait();
         });
-        Ok(())
+        Ok(pid)
     }
 
     /// Stops the qube's relay (if the recorded process is still that relay).
@@ -428,7 +433,11 @@ impl Daemon {
                 .parent()
                 .map(Path::to_path_buf)
                 .unwrap_or_default();
-            if let Err(e) = rt2.start_relay(&q2.name, &channel, spec.uid_base) {
+            let relay = rt2
+                .start_relay(&q2.name, &channel, spec.uid_base)
+                .and_then(|pid| inst.add_process(pid).map_err(std::io::Error::other));
+            if let Err(e) = relay {
+                rt2.stop_relay(&q2.name);
                 let _ = inst.kill();
                 drop(inst);
                 let _ = std::fs::remove_file(rt2.record_path(&q2.name));
@@ -834,8 +843,16 @@ impl Daemon {
                         .map(Path::to_path_buf)
                         .unwrap_or_default();
                     let uid = UID_BASE + q.qid * UID_RANGE;
-                    if let Err(e) = rt.start_relay(&q.name, &channel, uid) {
-                        tracing::error!("qube '{}': cannot restart its qrexec relay: {e}", q.name);
+                    match rt.start_relay(&q.name, &channel, uid) {
+                        Ok(pid) => {
+                            let _ = inst.add_process(pid);
+                        }
+                        Err(e) => {
+                            tracing::error!(
+                                "qube '{}': cannot restart its qrexec relay: {e}",
+                                q.name
+                            )
+                        }
                     }
                 }
                 let paused = matches!(inst.state(), RunState::Paused);

@@ -32,6 +32,10 @@ use crate::model::props::{self, Holder};
 use crate::model::{App, PowerState, DOM0};
 use crate::server::Daemon;
 
+/// Disposables alive at once, in all and made for one caller.
+pub const MAX_DISPOSABLES: usize = 32;
+pub const MAX_DISPOSABLES_PER_QUBE: usize = 4;
+
 /// Largest request a relay may send.
 pub const MAX_REQUEST: usize = qrexec::MAX_SERVICE_NAME_LEN + 256;
 
@@ -211,7 +215,6 @@ fn valid_target(s: &str) -> bool {
 impl Daemon {
     /// Serves one relay connection (blocking; run on the blocking pool).
     pub fn serve_relay(self: &Arc<Self>, mut s: UnixStream) {
-        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
         let outcome = self.relay_request(&mut s);
         let reply = match &outcome {
             Ok((version, _)) => format!("result=allow\nversion={version}\n\n"),
@@ -236,7 +239,14 @@ impl Daemon {
         };
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
+        // One deadline for the whole request, not per read.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !buf.ends_with(b"\n\n") {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(refuse(qrexec::EXIT_QREXEC_FAILED, "request timed out"));
+            }
+            let _ = s.set_read_timeout(Some(left));
             let n = s.read(&mut chunk).map_err(|e| {
                 refuse(
                     qrexec::EXIT_QREXEC_FAILED,
@@ -265,8 +275,10 @@ impl Daemon {
             Some((s, a)) => (s, format!("+{a}")),
             None => (service, "+".to_string()),
         };
+        // Names are bounded but may be long; logs get a prefix.
+        let shown: String = service.chars().take(100).collect();
         let log = |what: &str| {
-            tracing::info!("qrexec: {source} -> {target} {service}: {what}");
+            tracing::info!("qrexec: {source} -> {target} {shown}: {what}");
         };
         let rt = self
             .runtime()
@@ -340,10 +352,30 @@ impl Daemon {
         let mut disposable = None;
         let (dest, autostart) = match dest.strip_prefix("@dispvm:") {
             Some(tmpl) => {
+                let live = |pred: &dyn Fn(&crate::model::Qube) -> bool| {
+                    app.qubes
+                        .values()
+                        .filter(|q| q.class == crate::model::Class::DispVM && pred(q))
+                        .count()
+                };
+                let mine = format!("disp-created-by-{source}");
+                if live(&|_| true) >= MAX_DISPOSABLES
+                    || live(&|q| q.tags.contains(&mine)) >= MAX_DISPOSABLES_PER_QUBE
+                {
+                    log("failed: too many disposables already");
+                    return Err(refuse(qrexec::EXIT_QREXEC_FAILED, "too many disposables"));
+                }
                 let d = self.clone();
+                let src = source.to_string();
                 let tmpl = tmpl.to_string();
                 let made = tokio::runtime::Handle::current().block_on(async move {
                     let name = d.create_disposable(&tmpl).await?;
+                    let tag = crate::api::Call::TagSet(format!("disp-created-by-{src}"));
+                    let ctx = crate::api::Ctx {
+                        source: DOM0.into(),
+                        dest: name.clone(),
+                    };
+                    d.write_call(&ctx, &tag).await?;
                     if let Err(e) = d.vm_start(&name).await {
                         let _ = d
                             .remove_qube(&crate::api::Ctx {
@@ -479,6 +511,9 @@ impl Daemon {
 pub struct AskAgent {
     conn: Mutex<Option<UnixStream>>,
     next_id: std::sync::atomic::AtomicU64,
+    /// Sources with a question waiting: one at a time per qube, so no qube
+    /// can queue up prompts (or threads) behind the user.
+    pending: Mutex<std::collections::HashSet<String>>,
 }
 
 /// How long the user has to answer.
@@ -493,6 +528,30 @@ impl AskAgent {
 
     /// Asks the user; `Ok(None)` means they refused, `Err` why nobody could.
     pub fn ask(
+        &self,
+        source: &str,
+        service: &str,
+        target: &str,
+        choices: &[String],
+        default: Option<&str>,
+    ) -> Result<Option<String>, String> {
+        if !self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(source.to_string())
+        {
+            return Err("another question from this qube is still open".into());
+        }
+        let r = self.ask_inner(source, service, target, choices, default);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(source);
+        r
+    }
+
+    fn ask_inner(
         &self,
         source: &str,
         service: &str,
@@ -555,14 +614,21 @@ pub async fn serve_ask(daemon: Arc<Daemon>, listener: tokio::net::UnixListener) 
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         };
-        if let (Some(rt), Ok(std)) = (daemon.runtime(), s.into_std()) {
-            let _ = std.set_nonblocking(false);
-            rt.ask.register(std);
-        }
+        let d = daemon.clone();
+        // The registry's lock may be held by a pending question: never
+        // wait for it on the async runtime.
+        tokio::task::spawn_blocking(move || {
+            if let (Some(rt), Ok(std)) = (d.runtime(), s.into_std()) {
+                let _ = std.set_nonblocking(false);
+                rt.ask.register(std);
+            }
+        });
     }
 }
 
-/// Copies bytes both ways until both directions are done.
+/// Copies bytes both ways; when either side ends (the call is over, or
+/// the caller or the disposable went away), both are shut down, so a
+/// silent disposable cannot outlive its call.
 fn splice_bytes(a: UnixStream, b: UnixStream) {
     fn copy(mut from: UnixStream, mut to: UnixStream) {
         use std::io::Write;
@@ -572,7 +638,8 @@ fn splice_bytes(a: UnixStream, b: UnixStream) {
                 break;
             }
         }
-        let _ = to.shutdown(std::net::Shutdown::Write);
+        let _ = to.shutdown(std::net::Shutdown::Both);
+        let _ = from.shutdown(std::net::Shutdown::Both);
     }
     let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
         return;
@@ -592,19 +659,51 @@ pub fn bind_policy_socket(path: &Path) -> std::io::Result<tokio::net::UnixListen
     Ok(l)
 }
 
-/// Accepts relay connections forever.
+/// Relay requests handled at once, in all (each may block a pool thread
+/// while it starts a target); the blocking pool has 512.
+pub const MAX_REQUESTS: usize = 128;
+/// Relay requests handled at once for one source qube.
+pub const MAX_REQUESTS_PER_QUBE: usize = 16;
+
+/// Accepts relay connections forever, a bounded number at a time, so no
+/// qube can exhaust the daemon's blocking threads.
 pub async fn serve_policy(daemon: Arc<Daemon>, listener: tokio::net::UnixListener) {
+    use std::collections::HashMap;
+    use tokio::sync::Semaphore;
+    let all = Arc::new(Semaphore::new(MAX_REQUESTS));
+    let mut per_uid: HashMap<u32, Arc<Semaphore>> = HashMap::new();
     loop {
         let Ok((s, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         };
-        let d = daemon.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Ok(std) = s.into_std() {
-                let _ = std.set_nonblocking(false);
-                d.serve_relay(std);
-            }
+        let Ok(uid) = s.peer_cred().map(|c| c.uid()) else {
+            continue;
+        };
+        if per_uid.len() > 4096 {
+            per_uid.retain(|_, sem| Arc::strong_count(sem) > 1);
+        }
+        let mine = per_uid
+            .entry(uid)
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_REQUESTS_PER_QUBE)))
+            .clone();
+        let (d, all) = (daemon.clone(), all.clone());
+        tokio::spawn(async move {
+            // Waiting here costs no thread; a qube over its share waits for
+            // its own earlier calls, not for everyone's.
+            let Ok(_p1) = mine.acquire_owned().await else {
+                return;
+            };
+            let Ok(_p2) = all.acquire_owned().await else {
+                return;
+            };
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Ok(std) = s.into_std() {
+                    let _ = std.set_nonblocking(false);
+                    d.serve_relay(std);
+                }
+            })
+            .await;
         });
     }
 }

@@ -30,8 +30,34 @@ pub fn connect_guest_socket(path: &Path) -> io::Result<UnixStream> {
     if !f.metadata()?.file_type().is_socket() {
         return Err(bad(format!("{} is not a socket", path.display())));
     }
-    // Connecting through the O_PATH descriptor names exactly the inode we checked.
-    UnixStream::connect(format!("/proc/self/fd/{}", f.as_raw_fd()))
+    // Connecting through the O_PATH descriptor names exactly the inode we
+    // checked. Non-blocking, so a qube whose listen queue is full cannot
+    // hold the caller in connect(): retried until a deadline.
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let addr = UnixAddr::new(format!("/proc/self/fd/{}", f.as_raw_fd()).as_str())
+        .map_err(io::Error::from)?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    let deadline = std::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    loop {
+        match connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => break,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR)
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let s = UnixStream::from(fd);
+    s.set_nonblocking(false)?;
+    Ok(s)
 }
 
 use bulkhead_proto::qrexec_io::{recv, send};
@@ -117,9 +143,43 @@ fn hello(socket: &Path) -> io::Result<()> {
 pub fn handshake(socket: &Path) -> io::Result<(UnixStream, Decoder, u32)> {
     let mut s = connect_guest_socket(socket)?;
     // A qube that never answers must not hold a host thread forever: the
-    // handshake has a deadline (the command itself may run as long as it likes).
-    s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    // handshake has one deadline (the command itself may run as long as it
+    // likes), and exactly one HELLO (12 bytes) is read: a qube cannot drip a
+    // long message instead, and nothing after HELLO is lost.
     s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    let (dec, version) = bulkhead_proto::qrexec_io::hello(&mut s)?;
+    send(
+        &mut s,
+        &Message::Hello {
+            version: qrexec::PROTOCOL_VERSION,
+        },
+    )?;
+    let deadline = std::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut hello = [0u8; qrexec::HEADER_LEN + 4];
+    let mut got = 0;
+    while got < hello.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the agent did not say HELLO in time",
+            ));
+        }
+        s.set_read_timeout(Some(left))?;
+        let n = s.read(&mut hello[got..])?;
+        if n == 0 {
+            return Err(bad("the agent closed the connection before HELLO".into()));
+        }
+        got += n;
+    }
+    let mut dec = Decoder::new(qrexec::MIN_PROTOCOL_VERSION);
+    dec.feed(&hello);
+    let version = match dec.next_message().map_err(|e| bad(e.to_string()))? {
+        Some(Message::Hello { version }) => {
+            qrexec::negotiate(qrexec::PROTOCOL_VERSION, version).map_err(|e| bad(e.to_string()))?
+        }
+        other => return Err(bad(format!("agent did not say HELLO: {other:?}"))),
+    };
+    dec.set_version(version);
+    s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     Ok((s, dec, version))
 }

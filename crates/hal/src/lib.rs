@@ -173,6 +173,10 @@ pub trait Instance: Send {
     fn unpause(&mut self) -> Result<(), HalError>;
     /// Resource figures.
     fn stats(&self) -> Stats;
+    /// Puts a host process that works for this qube (its qrexec relay)
+    /// under the qube's resource limits, so it shares its memory and pid
+    /// budget and dies with it.
+    fn add_process(&self, pid: u32) -> Result<(), HalError>;
     /// What a later daemon needs to [`Backend::adopt`] this qube.
     fn record(&self) -> InstanceRecord;
     /// Lets go of the qube without stopping it (the daemon is exiting and a

@@ -455,6 +455,9 @@ pub fn encode(m: &Message) -> Result<Vec<u8>, TooLong> {
 pub struct Decoder {
     version: u32,
     buf: Vec<u8>,
+    /// Where the next message starts in `buf` (consumed bytes before it are
+    /// dropped in bulk, not per message: linear, not quadratic).
+    start: usize,
 }
 
 impl Decoder {
@@ -463,6 +466,7 @@ impl Decoder {
         Self {
             version,
             buf: Vec::new(),
+            start: 0,
         }
     }
 
@@ -473,24 +477,33 @@ impl Decoder {
 
     /// Appends bytes from the peer.
     pub fn feed(&mut self, data: &[u8]) {
+        if self.start > 0 && self.start * 2 >= self.buf.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(data);
     }
 
     /// The next complete message, `Ok(None)` if more bytes are needed. After an
     /// error the stream is unusable and must be closed.
     pub fn next_message(&mut self) -> Result<Option<Message>, QrexecError> {
-        if self.buf.len() < HEADER_LEN {
+        let pending = &self.buf[self.start..];
+        if pending.len() < HEADER_LEN {
             return Ok(None);
         }
         let mut hb = [0u8; HEADER_LEN];
-        hb.copy_from_slice(&self.buf[..HEADER_LEN]);
+        hb.copy_from_slice(&pending[..HEADER_LEN]);
         let h = parse_header(&hb, self.version)?;
         let end = HEADER_LEN + h.len as usize;
-        if self.buf.len() < end {
+        if pending.len() < end {
             return Ok(None);
         }
-        let m = parse_body(h, &self.buf[HEADER_LEN..end])?;
-        self.buf.drain(..end);
+        let m = parse_body(h, &pending[HEADER_LEN..end])?;
+        self.start += end;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
         Ok(Some(m))
     }
 }

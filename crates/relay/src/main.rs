@@ -92,8 +92,16 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // No network and no abstract sockets of the host (best effort: some
+    // hosts forbid unprivileged user namespaces), then the syscall allowlist.
+    if let Err(e) = bulkhead_sys::process::leave_network() {
+        log(
+            &o.qube,
+            &format!("cannot leave the host's network namespace ({e}); continuing"),
+        );
+    }
     if let Err(e) = sandbox::apply() {
-        eprintln!("bulkhead-qrexec-relay[{}]: {e}", o.qube);
+        log(&o.qube, &e);
         std::process::exit(1);
     }
     let active = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -106,10 +114,42 @@ fn main() {
         let (policy, qube, active) = (o.policy.clone(), o.qube.clone(), active.clone());
         std::thread::spawn(move || {
             if let Err(e) = call(conn, &policy) {
-                eprintln!("bulkhead-qrexec-relay[{qube}]: call failed: {e}");
+                log(&qube, &format!("call failed: {e}"));
             }
             active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         });
+    }
+}
+
+/// Logs a line: at most 200 characters, at most 20 lines a second (a qube
+/// decides what fails here; it must not be able to fill the host's disk).
+fn log(qube: &str, msg: &str) {
+    use std::sync::Mutex;
+    static WINDOW: Mutex<(u64, u32)> = Mutex::new((0, 0));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut w = WINDOW.lock().unwrap_or_else(|e| e.into_inner());
+    if w.0 != now {
+        *w = (now, 0);
+    }
+    w.1 += 1;
+    if w.1 > 20 {
+        return;
+    }
+    let short: String = msg.chars().take(200).collect();
+    eprintln!("bulkhead-qrexec-relay[{qube}]: {}", short.escape_debug());
+}
+
+/// What kind of message it was, never its content.
+fn kind(m: &Option<Message>) -> String {
+    match m {
+        None => "end of stream".into(),
+        Some(m) => {
+            let d = format!("{m:?}");
+            d.split([' ', '(', '{']).next().unwrap_or("?").to_string()
+        }
     }
 }
 
@@ -146,7 +186,8 @@ fn ask(
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(qrexec::EXIT_REFUSED);
             if let Some(r) = field("reason") {
-                eprintln!("bulkhead-qrexec-relay: {service} to {target}: {r}");
+                let svc: String = service.chars().take(80).collect();
+                log("", &format!("{svc} to {target}: {r}"));
             }
             Ok(Err(code))
         }
@@ -187,7 +228,12 @@ fn call(mut client: UnixStream, policy: &PathBuf) -> io::Result<()> {
             service_name,
             ..
         }) => (target_domain, ident, service_name),
-        other => return Err(bad(format!("expected a service trigger, got {other:?}"))),
+        other => {
+            return Err(bad(format!(
+                "expected a service trigger, got {}",
+                kind(&other)
+            )))
+        }
     };
     client.set_read_timeout(None)?;
     let (tver, mut tgt) = match ask(policy, &service, &target)? {
@@ -220,9 +266,16 @@ fn call(mut client: UnixStream, policy: &PathBuf) -> io::Result<()> {
                 Some(Message::DataStdin(d)) => {
                     send_chunked(&mut t_out, d, to_target, Message::DataStdin)?
                 }
-                // Caller gone: the service sees EOF.
-                None => return send(&mut t_out, &Message::DataStdin(vec![])),
-                Some(other) => return Err(bad(format!("caller sent {other:?} mid-call"))),
+                // Caller gone (or the call over): so is the call.
+                None => {
+                    let _ = t_out.shutdown(std::net::Shutdown::Both);
+                    return Ok(());
+                }
+                other => {
+                    let k = kind(&other);
+                    let _ = t_out.shutdown(std::net::Shutdown::Both);
+                    return Err(bad(format!("caller sent {k} mid-call")));
+                }
             }
         }
     });
@@ -248,7 +301,12 @@ fn call(mut client: UnixStream, policy: &PathBuf) -> io::Result<()> {
                     &Message::ExitCode(qrexec::EXIT_QREXEC_FAILED as u32),
                 )
             }
-            Some(other) => return Err(bad(format!("target sent {other:?}"))),
+            other => {
+                let k = kind(&other);
+                let _ = client.shutdown(std::net::Shutdown::Both);
+                let _ = tgt.shutdown(std::net::Shutdown::Both);
+                return Err(bad(format!("target sent {k}")));
+            }
         }
     };
     let _ = client.shutdown(std::net::Shutdown::Both);

@@ -606,6 +606,12 @@ impl Instance for NsInstance {
         }
     }
 
+    fn add_process(&self, pid: u32) -> Result<(), HalError> {
+        self.cgroup
+            .add(pid)
+            .map_err(|e| self.err(format!("adding pid {pid} to the qube's cgroup: {e}")))
+    }
+
     fn record(&self) -> crate::InstanceRecord {
         let r = NsRecord {
             boot_id: boot_id(),
