@@ -80,6 +80,43 @@ fn read_stdin(s: &mut UnixStream, dec: &mut Decoder, max: usize) -> io::Result<O
     }
 }
 
+/// Keeps the lines of an `admin.vm.List` reply whose qube the policy lets
+/// `source` call `admin.vm.List` on (Qubes filters listings the same way).
+fn filter_vm_list(d: &Arc<Daemon>, source: &str, arg: &str, body: &[u8]) -> String {
+    let Some(rt) = d.runtime() else {
+        return String::new();
+    };
+    let Ok(policy) = rt.policy.current() else {
+        return String::new();
+    };
+    let sys = crate::qrexec::system(&d.snapshot());
+    let argument = format!("+{arg}");
+    String::from_utf8_lossy(body)
+        .lines()
+        .filter(|line| {
+            let name = line.split(' ').next().unwrap_or("");
+            let target = if name == crate::model::DOM0 {
+                "@adminvm"
+            } else {
+                name
+            };
+            matches!(
+                policy.decide(
+                    &sys,
+                    &bulkhead_policy::Request {
+                        service: "admin.vm.List",
+                        argument: &argument,
+                        source,
+                        target,
+                    },
+                ),
+                bulkhead_policy::Decision::Allow { .. }
+            )
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// Serves one call from `source` to a dom0 service (at most
 /// [`MAX_DOM0_CALLS`] at once; more are refused).
 pub fn serve(
@@ -127,6 +164,14 @@ fn serve_one(
         let d2 = d.clone();
         let reply = rt.block_on(async move { d2.handle_request(&raw).await });
         return match reply {
+            // As qubesd: a listing shows only the qubes the policy would let
+            // this caller name in the same call.
+            Some(Reply::Bytes(b)) if svc == "admin.vm.List" && b.starts_with(b"0\0") => {
+                let kept = filter_vm_list(d, source, arg, &b[2..]);
+                let mut out = b"0\0".to_vec();
+                out.extend_from_slice(kept.as_bytes());
+                finish(&mut s, &out, b"", 0)
+            }
             Some(Reply::Bytes(b)) => finish(&mut s, &b, b"", 0),
             // Event streams are not offered over qrexec (yet).
             Some(Reply::Events(_)) => finish(

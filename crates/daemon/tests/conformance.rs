@@ -735,6 +735,7 @@ fn admin_calls_and_dom0_services_from_qubes_follow_policy(mode: &str) {
         "50-admin.policy",
         &format!(
             "admin.vm.List * {mgmt} @adminvm allow target=dom0\n\
+             admin.vm.List * {mgmt} {other} allow target=dom0\n\
              admin.vm.property.Get * {mgmt} {other} allow target=dom0\n\
              admin.vm.property.Set +label {mgmt} {other} allow target=dom0\n\
              qubes.GetDate * @anyvm @default allow target=dom0\n"
