@@ -270,6 +270,7 @@ impl Runtime {
         }
         Ok(QubeSpec {
             name: q.name.clone(),
+            id: q.uuid.simple().to_string(),
             root: prepared.root,
             binds: prepared.binds,
             run_dir: self.storage.runtime_dir(&q.name).join("run"),
@@ -872,7 +873,12 @@ impl Daemon {
             let r = blocking(move || {
                 // A qube that runs without a usable record (its daemon died
                 // mid-start) must be gone before its volumes are committed.
-                if !rt2.backends().iter().all(|b| b.reap_leftovers(&q2.name)) {
+                let id = q2.uuid.simple().to_string();
+                if !rt2
+                    .backends()
+                    .iter()
+                    .all(|b| b.reap_leftovers(&q2.name, &id))
+                {
                     return Err(format!(
                         "processes of qube '{}' survive SIGKILL; its volumes are left as they are",
                         q2.name

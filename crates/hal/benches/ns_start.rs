@@ -65,6 +65,7 @@ fn main() {
         let run = dir.path().join(format!("run{n}"));
         let spec = QubeSpec {
             name: format!("bench{n}"),
+            id: String::new(),
             root: RootFs::Overlay {
                 lower: root.clone(),
                 upper: run.join("upper"),

@@ -24,6 +24,10 @@ use thiserror::Error;
 pub struct QubeSpec {
     /// Qube name (also its hostname).
     pub name: String,
+    /// Host-wide unique id of this qube (the daemon passes its uuid): names
+    /// host-global resources such as cgroups, so two daemons (or a test and
+    /// a user's installation) never share them.
+    pub id: String,
     /// The qube's root file system.
     pub root: RootFs,
     /// Host directories bound into the qube (the private volume at `/rw`…),
@@ -137,8 +141,9 @@ pub trait Backend: Send + Sync {
     /// record its [`Instance::record`] gave. Fails if that qube is gone.
     fn adopt(&self, record: &InstanceRecord) -> Result<Box<dyn Instance>, HalError>;
     /// Kills whatever is left of a qube no instance owns (a qube that could
-    /// not be re-adopted); returns whether nothing is left.
-    fn reap_leftovers(&self, qube: &str) -> bool;
+    /// not be re-adopted), by the qube's name and [`QubeSpec::id`]; returns
+    /// whether nothing is left.
+    fn reap_leftovers(&self, qube: &str, id: &str) -> bool;
 }
 
 /// What a daemon must remember to re-adopt a running qube after a restart

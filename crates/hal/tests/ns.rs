@@ -67,6 +67,7 @@ fn qube(name: &str, script: &str, memory_mib: u64) -> Qube {
     let upper = dir.path().join("upper");
     let spec = QubeSpec {
         name: name.into(),
+        id: String::new(),
         root: RootFs::Overlay {
             lower: root.clone(),
             upper: upper.clone(),

@@ -79,8 +79,8 @@ impl Backend for NsBackend {
         })
     }
 
-    fn reap_leftovers(&self, qube: &str) -> bool {
-        cgroup::Cgroup::existing(qube).is_none_or(|cg| {
+    fn reap_leftovers(&self, qube: &str, id: &str) -> bool {
+        cgroup::Cgroup::existing(&cgroup_name(qube, id)).is_none_or(|cg| {
             cg.kill_all(None);
             cg.wait_empty(Duration::from_secs(10))
         })
@@ -141,6 +141,15 @@ fn read_line(out: &mut BufReader<ChildStdout>, log: &Path) -> Result<String, Str
         return Err(e.to_string());
     }
     Ok(line)
+}
+
+/// The qube's cgroup name: readable, and unique on the host.
+fn cgroup_name(name: &str, id: &str) -> String {
+    if id.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}.{id}")
+    }
 }
 
 /// Lowest uid a qube's range may start at (below are the host's own users).
@@ -241,7 +250,7 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
     )?;
     let cg = io(
         cgroup::Cgroup::create(
-            &spec.name,
+            &cgroup_name(&spec.name, &spec.id),
             spec.memory_mib * 1024 * 1024,
             spec.vcpus,
             spec.max_pids,
