@@ -624,6 +624,32 @@ fn qrexec_calls_between_qubes_follow_policy(mode: &str) {
         call("test.Ask").ends_with("rc=126\n"),
         "ask without an agent"
     );
+    // With a prompt agent: the user's answer decides.
+    for (answer, want) in [(b.as_str(), "rc=5\n"), ("deny", "rc=126\n")] {
+        let mut agent = e
+            .cmd(&["ask-agent", "--answer", answer])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Registered once it says so.
+        {
+            use std::io::BufRead;
+            let mut line = String::new();
+            std::io::BufReader::new(agent.stderr.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert!(line.contains("registered"), "{line}");
+        }
+        let out = call("test.Echo+ask");
+        let _ = agent.kill();
+        let shown = String::from_utf8_lossy(&agent.wait_with_output().unwrap().stdout).into_owned();
+        assert!(out.ends_with(want), "answer {answer}: {out}");
+        assert!(
+            shown.contains("test.Echo+ask") && shown.contains(&a),
+            "{shown}"
+        );
+    }
     assert!(
         call("test.Nothing").ends_with("rc=126\n"),
         "no matching rule"
@@ -703,12 +729,15 @@ fn qrexec_calls_between_qubes_follow_policy(mode: &str) {
     e.sh(
         &b,
         "user",
-        "(nc -ll -p 7777 -e /bin/cat >/dev/null 2>&1 &); sleep 0.2",
+        "(nc -ll -p 7777 -e /bin/cat >/dev/null 2>&1 &); \
+         i=0; while [ $i -lt 50 ] && ! netstat -ltn 2>/dev/null | grep -q ':7777 '; do sleep 0.05; i=$((i+1)); done",
     );
     let out = e.sh(&a, "user", &format!(
         "echo over-qrexec | qrexec-client-vm {b} qubes.ConnectTCP+7777; \
          qrexec-client-vm {b} qubes.ConnectTCP+22 </dev/null 2>/dev/null; echo rc=$?; \
-         (qvm-connect-tcp 8888:{b}:7777 >/dev/null 2>&1 &); sleep 0.3; echo over-tcp | nc -w 2 127.0.0.1 8888"
+         (qvm-connect-tcp 8888:{b}:7777 >/dev/null 2>&1 &); \
+         i=0; while [ $i -lt 50 ] && ! netstat -ltn 2>/dev/null | grep -q ':8888 '; do sleep 0.05; i=$((i+1)); done; \
+         echo over-tcp | nc -w 2 127.0.0.1 8888"
     )).1;
     assert_eq!(out, "over-qrexec\nrc=126\nover-tcp\n");
 
@@ -749,6 +778,11 @@ fn admin_calls_and_dom0_services_from_qubes_follow_policy(mode: &str) {
     );
     assert!(
         out.starts_with("0|dom0 class=AdminVM") && out.contains(&format!("\n{other} class=AppVM")),
+        "{out}"
+    );
+    // Only the qubes policy lets it name are listed (not itself, not the template).
+    assert!(
+        !out.contains(&format!("\n{mgmt} ")) && !out.contains(&e.tpl),
         "{out}"
     );
     let out = run(
