@@ -160,6 +160,9 @@ impl Runtime {
             .create(true)
             .append(true)
             .open(&log_path)?;
+        // An empty directory the relay builds its own root on.
+        let jail = self.storage.runtime_dir(name).join("relay-root");
+        std::fs::create_dir_all(&jail)?;
         let child = std::process::Command::new(&self.relay_bin)
             .arg("--listen")
             .arg(channel.join("relay.sock"))
@@ -167,6 +170,8 @@ impl Runtime {
             .arg(self.policy_socket())
             .arg("--qube")
             .arg(name)
+            .arg("--jail")
+            .arg(&jail)
             .env_clear()
             .uid(uid)
             .gid(uid)

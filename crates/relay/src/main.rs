@@ -21,6 +21,7 @@ use std::io::{self, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 
+mod jail;
 mod sandbox;
 
 use bulkhead_proto::qrexec::{self, max_chunk, Decoder, Message};
@@ -33,17 +34,20 @@ struct Opts {
     listen: PathBuf,
     policy: PathBuf,
     qube: String,
+    /// Empty directory to build the relay's own root on (see `jail`).
+    jail: Option<PathBuf>,
 }
 
 fn opts() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
-    let (mut listen, mut policy, mut qube) = (None, None, None);
+    let (mut listen, mut policy, mut qube, mut jail) = (None, None, None, None);
     while let Some(a) = args.next() {
         let v = args.next().ok_or(format!("{a} needs a value"))?;
         match a.as_str() {
             "--listen" => listen = Some(PathBuf::from(v)),
             "--policy" => policy = Some(PathBuf::from(v)),
             "--qube" => qube = Some(v),
+            "--jail" => jail = Some(PathBuf::from(v)),
             _ => return Err(format!("unknown option {a}")),
         }
     }
@@ -51,6 +55,7 @@ fn opts() -> Result<Opts, String> {
         listen: listen.ok_or("--listen is required")?,
         policy: policy.ok_or("--policy is required")?,
         qube: qube.unwrap_or_default(),
+        jail,
     })
 }
 
@@ -94,12 +99,24 @@ fn main() {
     };
     // No network and no abstract sockets of the host (best effort: some
     // hosts forbid unprivileged user namespaces), then the syscall allowlist.
-    if let Err(e) = bulkhead_sys::process::leave_network() {
-        log(
-            &o.qube,
-            &format!("cannot leave the host's network namespace ({e}); continuing"),
-        );
-    }
+    let policy = match &o.jail {
+        Some(root) => match jail::enter(root, &o.policy) {
+            Ok(p) => p,
+            Err(e) => {
+                log(&o.qube, &format!("cannot enter the jail: {e}"));
+                std::process::exit(1);
+            }
+        },
+        None => {
+            if let Err(e) = bulkhead_sys::process::leave_network() {
+                log(
+                    &o.qube,
+                    &format!("cannot leave the host's network namespace ({e}); continuing"),
+                );
+            }
+            o.policy.clone()
+        }
+    };
     if let Err(e) = sandbox::apply() {
         log(&o.qube, &e);
         std::process::exit(1);
@@ -111,7 +128,7 @@ fn main() {
             continue; // dropped: the caller sees a closed connection (125)
         }
         active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (policy, qube, active) = (o.policy.clone(), o.qube.clone(), active.clone());
+        let (policy, qube, active) = (policy.clone(), o.qube.clone(), active.clone());
         std::thread::spawn(move || {
             if let Err(e) = call(conn, &policy) {
                 log(&qube, &format!("call failed: {e}"));
