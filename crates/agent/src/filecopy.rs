@@ -158,9 +158,19 @@ pub fn receiver() -> i32 {
     }
     let home = std::env::var("HOME").unwrap_or_else(|_| "/home/user".into());
     let dest = Path::new(&home).join("QubesIncoming").join(&source);
-    if let Err(e) = std::fs::create_dir_all(&dest) {
-        eprintln!("qubes.Filecopy: cannot create {}: {e}", dest.display());
-        return 1;
+    // Each level a real directory (created if missing), never a symlink.
+    for d in [dest.parent().unwrap_or(&dest), dest.as_path()] {
+        let _ = std::fs::create_dir(d);
+        match std::fs::symlink_metadata(d) {
+            Ok(m) if m.file_type().is_dir() => {}
+            _ => {
+                eprintln!(
+                    "qubes.Filecopy: {} is not a directory; not copying",
+                    d.display()
+                );
+                return 1;
+            }
+        }
     }
     let stdin = io::stdin().lock();
     let (reply, code) =

@@ -112,22 +112,45 @@ fn times(h: &Header) -> FileTimes {
         .set_modified(time(h.mtime, h.mtime_nsec))
 }
 
-/// Walks `comps` below `base` without following symlinks; each must be a
-/// directory created by this transfer or already a real directory.
-fn walk(base: &Path, comps: &[String]) -> Result<PathBuf, Fail> {
-    let mut p = base.to_path_buf();
+/// A path naming `name` inside the directory open as `dir`: resolved
+/// relative to that very directory (through its descriptor), whatever
+/// happens to the path it was opened by.
+fn at(dir: &File, name: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()))
+}
+
+/// The directory open as `dir` itself, by descriptor.
+fn itself(dir: &File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+}
+
+/// Opens a directory without following a symlink as its last component.
+fn open_dir(path: &Path, shown: &str) -> Result<File, Fail> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            let errno = match e.raw_os_error() {
+                // A symlink or a file where a directory should be.
+                Some(libc::ELOOP) => libc::ENOTDIR,
+                Some(n) => n,
+                None => libc::EIO,
+            };
+            Fail(errno, format!("parent {shown}: {e}"))
+        })
+}
+
+/// Walks `comps` below the destination one directory descriptor at a time,
+/// never following a symlink: the result is the very directory that was
+/// checked, even if another process in the receiving qube renames or
+/// replaces parts of the tree meanwhile.
+fn walk(base: &File, comps: &[String]) -> Result<File, Fail> {
+    let mut cur = base.try_clone().map_err(|e| io_fail("dup", e))?;
     for c in comps {
-        p.push(c);
-        let m =
-            fs::symlink_metadata(&p).map_err(|e| io_fail(&format!("parent {}", p.display()), e))?;
-        if !m.file_type().is_dir() {
-            return Err(Fail(
-                libc::ENOTDIR,
-                format!("parent {} is not a directory", p.display()),
-            ));
-        }
+        cur = open_dir(&at(&cur, c), c)?;
     }
-    Ok(p)
+    Ok(cur)
 }
 
 /// Writes the stream from `input` into `dest` (which must exist).
@@ -175,8 +198,9 @@ fn run(
     }
     // Directories this transfer created, by (device, inode): bounded memory.
     let mut made_dirs: HashSet<(u64, u64)> = HashSet::new();
-    // The last parent that `walk` verified (records usually share parents).
-    let mut last_parent: Option<(Vec<String>, PathBuf)> = None;
+    let base = open_dir(dest, &dest.display().to_string())?;
+    // The last parent that `walk` opened (records usually share parents).
+    let mut last_parent: Option<(Vec<String>, std::rc::Rc<File>)> = None;
     let (mut files, mut bytes) = (0u64, 0u64);
     // Large enough that a big file moves in few read/write calls.
     let mut buf = vec![0u8; 1 << 20];
@@ -205,12 +229,13 @@ fn run(
         let parent = match &last_parent {
             Some((comps, p)) if comps.as_slice() == parents => p.clone(),
             _ => {
-                let p = walk(dest, parents)?;
+                let p = std::rc::Rc::new(walk(&base, parents)?);
                 last_parent = Some((parents.to_vec(), p.clone()));
                 p
             }
         };
-        let target = parent.join(leaf);
+        let target = at(&parent, leaf);
+        let shown = comps.join("/");
         match kind {
             Kind::File => {
                 if h.filelen > limits.max_bytes.saturating_sub(bytes) {
@@ -223,8 +248,8 @@ fn run(
                     .write(true)
                     .mode(0o600)
                     .custom_flags(libc::O_TMPFILE)
-                    .open(&parent)
-                    .map_err(|e| io_fail(&format!("creating a file in {}", parent.display()), e))?;
+                    .open(itself(&parent))
+                    .map_err(|e| io_fail(&format!("creating {shown}"), e))?;
                 let mut left = h.filelen;
                 while left > 0 {
                     let n = left.min(buf.len() as u64) as usize;
@@ -246,12 +271,7 @@ fn run(
                     target.as_path(),
                     nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
                 )
-                .map_err(|e| {
-                    io_fail(
-                        &format!("creating {}", target.display()),
-                        io::Error::from(e),
-                    )
-                })?;
+                .map_err(|e| io_fail(&format!("creating {shown}"), io::Error::from(e)))?;
             }
             Kind::Dir => {
                 let existing = fs::symlink_metadata(&target)
@@ -269,7 +289,7 @@ fn run(
                     if (m.dev(), m.ino()) != id {
                         return Err(Fail(
                             libc::EINVAL,
-                            format!("{} changed during the transfer", target.display()),
+                            format!("{shown} changed during the transfer"),
                         ));
                     }
                     d.set_times(times(&h))
@@ -280,7 +300,7 @@ fn run(
                     fs::DirBuilder::new()
                         .mode(0o700)
                         .create(&target)
-                        .map_err(|e| io_fail(&format!("creating {}", target.display()), e))?;
+                        .map_err(|e| io_fail(&format!("creating {shown}"), e))?;
                     let m = fs::symlink_metadata(&target)
                         .map_err(|e| io_fail("stat new directory", e))?;
                     made_dirs.insert((m.dev(), m.ino()));
@@ -293,8 +313,7 @@ fn run(
                 let mut t = vec![0u8; h.filelen as usize];
                 src.exact(&mut t)?;
                 let t = check_link(&comps, &t)?;
-                symlink(&t, &target)
-                    .map_err(|e| io_fail(&format!("creating link {}", target.display()), e))?;
+                symlink(&t, &target).map_err(|e| io_fail(&format!("creating link {shown}"), e))?;
             }
         }
     }

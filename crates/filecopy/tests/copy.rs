@@ -316,3 +316,64 @@ fn setuid_bits_are_dropped() {
         0o755
     );
 }
+
+/// Reads a stream and, once `at` bytes have been handed out, runs `swap`
+/// (another process of the receiving qube acting mid-transfer).
+struct SwapAt<F: FnMut()> {
+    data: std::io::Cursor<Vec<u8>>,
+    at: u64,
+    swap: Option<F>,
+}
+
+impl<F: FnMut()> std::io::Read for SwapAt<F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let pos = self.data.position();
+        if pos >= self.at {
+            if let Some(mut f) = self.swap.take() {
+                f();
+            }
+        }
+        // Never hand out bytes past the swap point before it has happened.
+        let limit = if pos < self.at {
+            (self.at - pos) as usize
+        } else {
+            buf.len()
+        };
+        let n = buf.len().min(limit);
+        std::io::Read::read(&mut self.data, &mut buf[..n])
+    }
+}
+
+#[test]
+fn a_parent_swapped_for_a_symlink_mid_transfer_is_not_followed() {
+    // Regression: the walk used to re-resolve parents by path, so a local
+    // process in the receiving qube could swap a checked directory for a
+    // symlink between the check and the file's creation.
+    let dst = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let first = S::new()
+        .rec(b"d", Kind::Dir, 0o755, b"")
+        .rec(b"d/a", Kind::File, 0o644, b"one");
+    let cut = first.0.len() as u64;
+    let stream = first.rec(b"d/b", Kind::File, 0o644, b"two").end();
+    let (d, moved, out) = (
+        dst.path().join("d"),
+        dst.path().join("moved"),
+        outside.path().to_path_buf(),
+    );
+    let input = SwapAt {
+        data: std::io::Cursor::new(stream),
+        at: cut,
+        swap: Some(move || {
+            fs::rename(&d, &moved).unwrap();
+            std::os::unix::fs::symlink(&out, &d).unwrap();
+        }),
+    };
+    let _ = unpack(input, dst.path(), Limits::default());
+    assert!(
+        !outside.path().join("b").exists(),
+        "a file was written through the planted symlink"
+    );
+    // It landed in the directory that was checked (now named "moved").
+    assert_eq!(fs::read(dst.path().join("moved/b")).unwrap(), b"two");
+}
