@@ -46,7 +46,29 @@ fn valid_name(s: &str) -> bool {
         && s != ".."
         && !s.contains('/')
         && !s.starts_with('-')
-        && s.chars().all(|c| !c.is_control())
+        && s.chars().all(|c| !c.is_control() && !is_format(c))
+}
+
+/// Unicode format characters (bidi overrides, zero-width…), which let a
+/// name display as something else.
+fn is_format(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+}
+
+/// A name no one can have guessed in advance (pid, time, counter).
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}{}-{t:x}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// `qvm-open-in-vm TARGET FILE|URL`, `qvm-open-in-dvm FILE|URL`.
@@ -121,9 +143,26 @@ fn open_remote(target: &str, what: &str) -> io::Result<i32> {
         }
     };
     if let (Some(path), false, 0) = (file, back.is_empty(), code) {
-        // The edited version replaces the original only when complete.
-        let tmp = path.with_extension("bulkhead-edit.tmp");
-        std::fs::write(&tmp, &back)?;
+        // The edited version replaces the original only when complete, keeps
+        // its mode, and goes through a new file that follows no link.
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let tmp = dir.join(unique(".bulkhead-edit-"));
+        let mode = std::fs::metadata(&path).map(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.permissions().mode() & 0o7777
+        })?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.write_all(&back)?;
+        f.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         eprintln!("{}: updated with the edited version", path.display());
     }
@@ -189,7 +228,8 @@ fn open_file() -> io::Result<i32> {
         return Err(io::Error::other("file larger than 1 GiB"));
     }
     // A private directory per call (mode 0700), the file under its own name.
-    let dir = std::env::temp_dir().join(format!("qubes-open-{}", std::process::id()));
+    // A fresh directory nobody could have created in advance.
+    let dir = std::env::temp_dir().join(unique("qubes-open-"));
     std::fs::create_dir(&dir)?;
     {
         use std::os::unix::fs::PermissionsExt;
@@ -226,7 +266,7 @@ mod tests {
             assert!(!super::valid_url(bad), "{bad:?}");
         }
         assert!(super::valid_name("report.pdf"));
-        for bad in ["", ".", "..", "a/b", "-rf", "a\nb"] {
+        for bad in ["", ".", "..", "a/b", "-rf", "a\nb", "cod\u{202E}fdp.exe"] {
             assert!(!super::valid_name(bad), "{bad:?}");
         }
     }
