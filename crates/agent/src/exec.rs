@@ -251,6 +251,19 @@ pub fn serve(mut stream: UnixStream, reaper: &Reaper) -> io::Result<()> {
         drop(stdin);
     });
     let _ = t_out.join();
+    if let crate::service::Request::Service {
+        exit_on_eof: true, ..
+    } = &request
+    {
+        // The service closed its output: the call is over (rpc-config
+        // exit-on-service-eof); the process may go on, reaped later.
+        send(&out, &Message::DataStderr(vec![]))?;
+        send(&out, &Message::ExitCode(0))?;
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        let r = reaper.clone();
+        std::thread::spawn(move || r.wait(pid));
+        return Ok(());
+    }
     let _ = t_err.join();
     let code = reaper.wait(pid);
     send(&out, &Message::ExitCode(code as u32))?;

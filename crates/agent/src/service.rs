@@ -30,6 +30,9 @@ pub enum Request {
         source: String,
         /// `force-user` from the service's rpc-config: run as this user.
         force_user: Option<String>,
+        /// `exit-on-service-eof`: the call ends when the service closes its
+        /// output, even if the process keeps running.
+        exit_on_eof: bool,
     },
     /// Connect to this unix socket, send the service descriptor (unless
     /// configured off), then relay data (Qubes' socket services).
@@ -151,6 +154,8 @@ pub fn resolve(command: &str, roots: &[&Path]) -> Result<Request, Refusal> {
                         full_name: with_arg.clone(),
                         source,
                         force_user: config(svc, &with_arg, "force-user").filter(|u| !u.is_empty()),
+                        exit_on_eof: config(svc, &with_arg, "exit-on-service-eof")
+                            .is_some_and(|v| v == "true" || v == "1"),
                     });
                 }
                 return Err((

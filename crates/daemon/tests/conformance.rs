@@ -574,7 +574,10 @@ fn qrexec_calls_between_qubes_follow_policy(mode: &str) {
     e.sh(
         &b,
         "root",
-        "mkdir -p /etc/qubes/rpc-config && echo force-user=root > /etc/qubes/rpc-config/test.Echo+forced",
+        "mkdir -p /etc/qubes/rpc-config && echo force-user=root > /etc/qubes/rpc-config/test.Echo+forced \
+         && echo exit-on-service-eof=true > /etc/qubes/rpc-config/test.Linger \
+         && printf '#!/bin/sh\\necho bye\\nexec >&- 2>&-\\nsleep 600\\n' > /usr/local/etc/qubes-rpc/test.Linger \
+         && chmod +x /usr/local/etc/qubes-rpc/test.Linger",
     );
     policy(
         &e,
@@ -582,6 +585,7 @@ fn qrexec_calls_between_qubes_follow_policy(mode: &str) {
         &format!(
             "test.Echo +bytype @type:AppVM uuid:{buuid} allow\n\
              test.Echo +forced @anyvm @anyvm allow\n\
+             test.Linger * @anyvm @anyvm allow\n\
              test.Echo +allowed @anyvm @anyvm allow\n\
              test.Echo +asroot @anyvm @anyvm allow user=root\n\
              test.Echo +noauto @anyvm @anyvm allow autostart=no\n\
@@ -605,6 +609,12 @@ fn qrexec_calls_between_qubes_follow_policy(mode: &str) {
     assert_eq!(out, format!("from {a} arg=allowed uid=1000\nHI\nrc=5\n"));
     assert!(call("test.Echo+asroot").contains("uid=0\n"));
     assert!(call("test.Echo+forced").contains("uid=0\n"), "force-user");
+    // exit-on-service-eof: the call ends when the service closes its
+    // output, although the process sleeps on.
+    let t = Instant::now();
+    assert_eq!(call("test.Linger"), "bye\nrc=0\n");
+    // (Without the setting it would wait for the 600 s sleep.)
+    assert!(t.elapsed() < Duration::from_secs(300));
     // @type: and uuid: tokens; a qube may also be named by uuid.
     assert!(call("test.Echo+bytype").ends_with("rc=5\n"));
     let out = e
