@@ -103,8 +103,14 @@ fn main() {
         Some(root) => match jail::enter(root, &o.policy) {
             Ok(p) => p,
             Err(e) => {
-                log(&o.qube, &format!("cannot enter the jail: {e}"));
-                std::process::exit(1);
+                // Hosts that forbid unprivileged user namespaces (e.g. by
+                // AppArmor) still get qrexec, under the seccomp filter only;
+                // said loudly in the log.
+                log(
+                    &o.qube,
+                    &format!("WARNING: running WITHOUT its namespace jail (cannot enter it: {e}); only seccomp confines this relay"),
+                );
+                o.policy.clone()
             }
         },
         None => {
