@@ -48,10 +48,19 @@ fn pump(
     chunk: usize,
     wrap: fn(Vec<u8>) -> Message,
 ) -> io::Result<()> {
+    let ty = match wrap(Vec::new()) {
+        Message::DataStderr(_) => qrexec::msg::DATA_STDERR,
+        _ => qrexec::msg::DATA_STDOUT,
+    };
     let mut buf = vec![0u8; chunk];
     loop {
         let n = from.read(&mut buf)?;
-        send(out, &wrap(buf[..n].to_vec()))?;
+        // Header and body straight from the read buffer (no copies).
+        bulkhead_proto::qrexec_io::write_data(
+            &mut *out.lock().unwrap_or_else(|e| e.into_inner()),
+            ty,
+            &buf[..n],
+        )?;
         if n == 0 {
             return Ok(());
         }
@@ -232,20 +241,23 @@ pub fn serve(mut stream: UnixStream, reaper: &Reaper) -> io::Result<()> {
     let t_out = std::thread::spawn(move || pump(stdout, &o, chunk, Message::DataStdout));
     let t_err = std::thread::spawn(move || pump(stderr, &e, chunk, Message::DataStderr));
     // Caller's stdin, until its empty DATA_STDIN (EOF) or the connection ends.
+    // Each body is read once into a reused buffer and written to the
+    // service (no decode copies); bytes that arrived behind the command
+    // line are kept.
     let mut stdin = child.stdin.take();
-    let mut reader = stream.try_clone()?;
+    let mut reader = std::io::Cursor::new(dec.into_pending()).chain(stream.try_clone()?);
     std::thread::spawn(move || {
-        while let Ok(Some(m)) = recv(&mut reader, &mut dec) {
-            match m {
-                Message::DataStdin(d) if d.is_empty() => break,
-                Message::DataStdin(d) => {
-                    if let Some(s) = stdin.as_mut() {
-                        if s.write_all(&d).is_err() {
-                            stdin = None;
-                        }
-                    }
+        let mut buf = Vec::with_capacity(max_chunk(version));
+        while let Ok(Some(ty)) =
+            bulkhead_proto::qrexec_io::read_data(&mut reader, version, &mut buf)
+        {
+            if ty != qrexec::msg::DATA_STDIN || buf.is_empty() {
+                break;
+            }
+            if let Some(s) = stdin.as_mut() {
+                if s.write_all(&buf).is_err() {
+                    stdin = None;
                 }
-                _ => break,
             }
         }
         drop(stdin);

@@ -26,6 +26,15 @@ struct DataWriter<'a> {
 
 impl Write for DataWriter<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        // A whole chunk with nothing buffered goes out as it is.
+        if self.buf.is_empty() && data.len() >= self.chunk {
+            bulkhead_proto::qrexec_io::write_data(
+                self.s,
+                bulkhead_proto::qrexec::msg::DATA_STDIN,
+                &data[..self.chunk],
+            )?;
+            return Ok(self.chunk);
+        }
         let room = self.chunk - self.buf.len();
         let n = data.len().min(room);
         self.buf.extend_from_slice(&data[..n]);
@@ -37,9 +46,12 @@ impl Write for DataWriter<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
-            let b = std::mem::take(&mut self.buf);
-            send(self.s, &Message::DataStdin(b))?;
-            self.buf.reserve(self.chunk);
+            bulkhead_proto::qrexec_io::write_data(
+                self.s,
+                bulkhead_proto::qrexec::msg::DATA_STDIN,
+                &self.buf,
+            )?;
+            self.buf.clear();
         }
         Ok(())
     }

@@ -475,6 +475,14 @@ impl Decoder {
         self.version = version;
     }
 
+    /// Gives up the decoder, returning the bytes received but not yet
+    /// decoded (a peer may send the next messages right behind the last
+    /// decoded one), to continue with [`crate::qrexec_io::read_data`].
+    pub fn into_pending(mut self) -> Vec<u8> {
+        self.buf.drain(..self.start);
+        self.buf
+    }
+
     /// Appends bytes from the peer.
     pub fn feed(&mut self, data: &[u8]) {
         if self.start > 0 && self.start * 2 >= self.buf.len() {

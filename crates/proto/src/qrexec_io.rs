@@ -51,3 +51,48 @@ pub fn hello(s: &mut (impl Read + Write)) -> io::Result<(Decoder, u32)> {
     dec.set_version(version);
     Ok((dec, version))
 }
+
+/// Reads one message header and its body into `body` (reused, no other
+/// copy), checking the header against `version`'s limits first: the fast
+/// path for data messages, whose bodies are opaque bytes. Returns the
+/// message type, or `None` at a clean end of stream.
+pub fn read_data(r: &mut impl Read, version: u32, body: &mut Vec<u8>) -> io::Result<Option<u32>> {
+    let mut hb = [0u8; qrexec::HEADER_LEN];
+    let mut got = 0;
+    while got < hb.len() {
+        let n = r.read(&mut hb[got..])?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "stream ended inside a header",
+            ));
+        }
+        got += n;
+    }
+    let h = qrexec::parse_header(&hb, version).map_err(|e| bad(e.to_string()))?;
+    body.resize(h.len as usize, 0);
+    r.read_exact(body)?;
+    Ok(Some(h.ty))
+}
+
+/// Writes one message of type `ty` with `body` (header then body, no
+/// intermediate buffer). The caller keeps `body` within the version's limit.
+pub fn write_data(w: &mut impl Write, ty: u32, body: &[u8]) -> io::Result<()> {
+    let mut hb = [0u8; qrexec::HEADER_LEN];
+    hb[..4].copy_from_slice(&ty.to_le_bytes());
+    hb[4..].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    w.write_all(&hb)?;
+    w.write_all(body)
+}
+
+/// Writes `data` as messages of type `ty` of at most `chunk` bytes each
+/// (never an empty one: empty means end of stream).
+pub fn write_chunked(w: &mut impl Write, ty: u32, data: &[u8], chunk: usize) -> io::Result<()> {
+    for c in data.chunks(chunk.max(1)) {
+        write_data(w, ty, c)?;
+    }
+    Ok(())
+}

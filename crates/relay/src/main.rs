@@ -17,15 +17,15 @@
 //! It must never depend on a host crate other than `bulkhead-sys`.
 #![forbid(unsafe_code)]
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 
 mod jail;
 mod sandbox;
 
-use bulkhead_proto::qrexec::{self, max_chunk, Decoder, Message};
-use bulkhead_proto::qrexec_io::{hello, recv, send};
+use bulkhead_proto::qrexec::{self, max_chunk, msg, Message};
+use bulkhead_proto::qrexec_io::{hello, read_data, recv, send, write_chunked, write_data};
 
 /// Calls served at once; more wait in the listen backlog.
 const MAX_CALLS: usize = 1024;
@@ -218,23 +218,6 @@ fn ask(
     }
 }
 
-/// Sends `data` as messages of at most `chunk` bytes (never an empty one:
-/// empty means EOF).
-fn send_chunked(
-    w: &mut UnixStream,
-    data: Vec<u8>,
-    chunk: usize,
-    wrap: fn(Vec<u8>) -> Message,
-) -> io::Result<()> {
-    if data.len() <= chunk {
-        return send(w, &wrap(data));
-    }
-    for c in data.chunks(chunk) {
-        send(w, &wrap(c.to_vec()))?;
-    }
-    Ok(())
-}
-
 fn call(mut client: UnixStream, policy: &PathBuf) -> io::Result<()> {
     // A caller that never finishes its request must not hold a thread.
     client.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
@@ -275,60 +258,63 @@ fn call(mut client: UnixStream, policy: &PathBuf) -> io::Result<()> {
             ident,
         },
     )?;
-    let mut tdec = Decoder::new(tver);
     let (to_target, to_client) = (max_chunk(tver), max_chunk(cver));
-    // Caller's stdin → target, until its EOF (an empty DATA_STDIN).
-    let mut c_in = client.try_clone()?;
+    // From here on only data messages: each header is checked, each body is
+    // read once into a reused buffer and written on (re-chunked for the
+    // other side's version), with no decode/encode copies. Bytes the caller
+    // sent right behind its trigger are not lost.
+    let mut c_in = io::Cursor::new(cdec.into_pending()).chain(client.try_clone()?);
     let mut t_out = tgt.try_clone()?;
     let feeder = std::thread::spawn(move || -> io::Result<()> {
+        let mut buf = Vec::with_capacity(to_target.max(to_client));
         loop {
-            match recv(&mut c_in, &mut cdec)? {
-                Some(Message::DataStdin(d)) if d.is_empty() => {
-                    return send(&mut t_out, &Message::DataStdin(vec![]));
+            match read_data(&mut c_in, cver, &mut buf)? {
+                Some(msg::DATA_STDIN) if buf.is_empty() => {
+                    return write_data(&mut t_out, msg::DATA_STDIN, &[]);
                 }
-                Some(Message::DataStdin(d)) => {
-                    send_chunked(&mut t_out, d, to_target, Message::DataStdin)?
+                Some(msg::DATA_STDIN) => {
+                    write_chunked(&mut t_out, msg::DATA_STDIN, &buf, to_target)?
                 }
                 // Caller gone (or the call over): so is the call.
                 None => {
                     let _ = t_out.shutdown(std::net::Shutdown::Both);
                     return Ok(());
                 }
-                other => {
-                    let k = kind(&other);
+                Some(other) => {
                     let _ = t_out.shutdown(std::net::Shutdown::Both);
-                    return Err(bad(format!("caller sent {k} mid-call")));
+                    return Err(bad(format!("caller sent message type {other:#x} mid-call")));
                 }
             }
         }
     });
     // Target's output → caller, until its exit code.
+    let mut buf = Vec::with_capacity(to_target.max(to_client));
     let result = loop {
-        match recv(&mut tgt, &mut tdec)? {
-            Some(Message::DataStdout(d)) if d.is_empty() => {
-                send(&mut client, &Message::DataStdout(vec![]))?
+        match read_data(&mut tgt, tver, &mut buf) {
+            Ok(Some(t @ (msg::DATA_STDOUT | msg::DATA_STDERR))) if buf.is_empty() => {
+                write_data(&mut client, t, &[])?
             }
-            Some(Message::DataStdout(d)) => {
-                send_chunked(&mut client, d, to_client, Message::DataStdout)?
+            Ok(Some(t @ (msg::DATA_STDOUT | msg::DATA_STDERR))) => {
+                write_chunked(&mut client, t, &buf, to_client)?
             }
-            Some(Message::DataStderr(d)) if d.is_empty() => {
-                send(&mut client, &Message::DataStderr(vec![]))?
+            Ok(Some(msg::DATA_EXIT_CODE)) => {
+                break write_data(&mut client, msg::DATA_EXIT_CODE, &buf)
             }
-            Some(Message::DataStderr(d)) => {
-                send_chunked(&mut client, d, to_client, Message::DataStderr)?
-            }
-            Some(Message::ExitCode(c)) => break send(&mut client, &Message::ExitCode(c)),
-            None => {
+            Ok(None) => {
                 break send(
                     &mut client,
                     &Message::ExitCode(qrexec::EXIT_QREXEC_FAILED as u32),
                 )
             }
-            other => {
-                let k = kind(&other);
+            Ok(Some(other)) => {
                 let _ = client.shutdown(std::net::Shutdown::Both);
                 let _ = tgt.shutdown(std::net::Shutdown::Both);
-                return Err(bad(format!("target sent {k}")));
+                return Err(bad(format!("target sent message type {other:#x}")));
+            }
+            Err(e) => {
+                let _ = client.shutdown(std::net::Shutdown::Both);
+                let _ = tgt.shutdown(std::net::Shutdown::Both);
+                return Err(e);
             }
         }
     };
