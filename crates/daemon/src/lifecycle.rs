@@ -181,7 +181,7 @@ impl Runtime {
             .process_group(0)
             .spawn()?;
         let pid = child.id();
-        let rec = serde_json::json!({"pid": pid, "start": proc_start(pid)});
+        let rec = serde_json::json!({"pid": pid, "start": bulkhead_hal::process_start_time(pid)});
         std::fs::write(self.relay_record(name), rec.to_string())?;
         // Reaped by a thread: the relay is not waited for anywhere else.
         std::thread::spawn(move || {
@@ -204,7 +204,7 @@ impl Runtime {
         let (Some(pid), start) = (v["pid"].as_u64(), v["start"].as_u64()) else {
             return;
         };
-        if start.is_some() && proc_start(pid as u32) == start {
+        if start.is_some() && bulkhead_hal::process_start_time(pid as u32) == start {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
@@ -219,7 +219,9 @@ impl Runtime {
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .is_some_and(|v| {
                 let (pid, start) = (v["pid"].as_u64(), v["start"].as_u64());
-                pid.is_some() && start.is_some() && proc_start(pid.unwrap_or(0) as u32) == start
+                pid.is_some()
+                    && start.is_some()
+                    && bulkhead_hal::process_start_time(pid.unwrap_or(0) as u32) == start
             })
     }
 
@@ -288,13 +290,6 @@ impl Runtime {
             log: self.console_log(&q.name),
         })
     }
-}
-
-/// A process's start time (field 22 of /proc/PID/stat).
-fn proc_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// A qube's root (an unprivileged host uid) resolves its mount sources

@@ -189,6 +189,15 @@ pub trait Instance: Send {
     fn detach(&mut self);
 }
 
+/// A process's start time (field 22 of `/proc/<pid>/stat`), which tells a
+/// live process from a later one that reuses its pid.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: skip past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// The backend for a `virt_mode` value.
 pub fn pick(virt_mode: &str, nsinit: PathBuf) -> Result<Box<dyn Backend>, HalError> {
     match virt_mode {

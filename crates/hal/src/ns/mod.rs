@@ -343,7 +343,7 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
     let child = st.child.take().ok_or("helper vanished")?;
     st.channel = None;
     let cg = st.cgroup.take().ok_or("cgroup vanished")?;
-    let helper_start = proc_start_time(child.id());
+    let helper_start = crate::process_start_time(child.id());
     Ok(Box::new(NsInstance {
         name: spec.name.clone(),
         helper: Helper::Child(child),
@@ -356,15 +356,6 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
         agent_socket: channel.join(crate::AGENT_SOCKET),
         channel,
     }))
-}
-
-/// A process's start time (field 22 of `/proc/<pid>/stat`), which tells a
-/// live process from a later one that reuses its pid.
-fn proc_start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: skip past the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 fn boot_id() -> String {
@@ -405,7 +396,7 @@ fn adopt(name: &str, record: &crate::InstanceRecord) -> Result<Box<dyn Instance>
     if r.boot_id != boot_id() {
         return Err("it was started before the last reboot".into());
     }
-    let now = proc_start_time(r.helper_pid);
+    let now = crate::process_start_time(r.helper_pid);
     if now.is_none() || now != r.helper_start {
         return Err("its helper process is gone".into());
     }
@@ -415,7 +406,7 @@ fn adopt(name: &str, record: &crate::InstanceRecord) -> Result<Box<dyn Instance>
     // The pidfd pins this very process: a pid reused later cannot be mistaken for it.
     let pidfd = bulkhead_sys::process::pidfd_open(r.helper_pid)
         .map_err(|e| format!("pidfd_open({}): {e}", r.helper_pid))?;
-    if proc_start_time(r.helper_pid) != r.helper_start {
+    if crate::process_start_time(r.helper_pid) != r.helper_start {
         return Err("its helper process is gone".into());
     }
     Ok(Box::new(NsInstance {
