@@ -192,6 +192,43 @@ fn sanitize(d: &[u8]) -> Vec<u8> {
         .collect()
 }
 
+/// What came back from a call whose input is all sent.
+pub struct Output {
+    /// The service's stdout, at most the limit given to [`collect`].
+    pub stdout: Vec<u8>,
+    /// More stdout came than was kept.
+    pub overflow: bool,
+    pub code: i32,
+}
+
+/// Reads a call to its end: keeps up to `max` bytes of the service's stdout,
+/// copies its stderr to ours, returns the exit code (125 if the call broke).
+pub fn collect(s: &mut UnixStream, dec: &mut Decoder, max: u64) -> io::Result<Output> {
+    let mut out = Output {
+        stdout: Vec::new(),
+        overflow: false,
+        code: qrexec::EXIT_QREXEC_FAILED,
+    };
+    loop {
+        match recv(s, dec)? {
+            Some(Message::DataStdout(d)) => {
+                if (out.stdout.len() + d.len()) as u64 > max {
+                    out.overflow = true;
+                } else {
+                    out.stdout.extend(d);
+                }
+            }
+            Some(Message::DataStderr(d)) => io::stderr().write_all(&d)?,
+            Some(Message::ExitCode(c)) => {
+                out.code = i32::try_from(c).unwrap_or(qrexec::EXIT_QREXEC_FAILED);
+                return Ok(out);
+            }
+            Some(_) => {}
+            None => return Ok(out),
+        }
+    }
+}
+
 fn run(target: &str, service: &str, local: &[String], filter: Filter) -> io::Result<i32> {
     let Some(Call {
         stream: mut s,

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 
 use bulkhead_proto::filecopy::Reply;
 use bulkhead_proto::qrexec::{max_chunk, Message};
-use bulkhead_proto::qrexec_io::{recv, send};
+use bulkhead_proto::qrexec_io::send;
 
-use crate::client::{connect, Call};
+use crate::client::{collect, connect, Call};
 
 /// Turns writes into DATA_STDIN messages of at most one chunk.
 struct DataWriter<'a> {
@@ -130,20 +130,9 @@ fn send_files(target: &str, files: &[PathBuf]) -> io::Result<i32> {
         crc
     };
     send(&mut s, &Message::DataStdin(vec![]))?;
-    let mut reply = Vec::new();
-    let code = loop {
-        match recv(&mut s, &mut dec)? {
-            Some(Message::DataStdout(d)) => {
-                if reply.len() + d.len() <= 8192 {
-                    reply.extend(d);
-                }
-            }
-            Some(Message::DataStderr(d)) => io::stderr().write_all(&d)?,
-            Some(Message::ExitCode(c)) => break c as i32,
-            Some(_) => {}
-            None => break bulkhead_proto::qrexec::EXIT_QREXEC_FAILED,
-        }
-    };
+    // The receiver's result record is small; anything past 8 KiB is ignored.
+    let got = collect(&mut s, &mut dec, 8192)?;
+    let (reply, code) = (got.stdout, got.code);
     match Reply::parse(&reply) {
         Some(r) if r.error_code == 0 && r.crc32 == u64::from(crc) => Ok(0),
         Some(r) if r.error_code == 0 => Err(io::Error::other(

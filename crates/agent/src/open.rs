@@ -20,9 +20,9 @@ use std::path::Path;
 use std::process::Command;
 
 use bulkhead_proto::qrexec::{max_chunk, Message};
-use bulkhead_proto::qrexec_io::{recv, send};
+use bulkhead_proto::qrexec_io::send;
 
-use crate::client::{connect, Call};
+use crate::client::{collect, connect, Call};
 
 /// Longest URL accepted.
 const MAX_URL: usize = 4096;
@@ -125,23 +125,13 @@ fn open_remote(target: &str, what: &str) -> io::Result<i32> {
         send(&mut s, &Message::DataStdin(c.to_vec()))?;
     }
     send(&mut s, &Message::DataStdin(vec![]))?;
-    let mut back = Vec::new();
-    let code = loop {
-        match recv(&mut s, &mut dec)? {
-            Some(Message::DataStdout(d)) => {
-                if (back.len() + d.len()) as u64 > MAX_FILE {
-                    return Err(io::Error::other(
-                        "the edited file came back larger than 1 GiB",
-                    ));
-                }
-                back.extend(d);
-            }
-            Some(Message::DataStderr(d)) => io::stderr().write_all(&d)?,
-            Some(Message::ExitCode(c)) => break c as i32,
-            Some(_) => {}
-            None => break bulkhead_proto::qrexec::EXIT_QREXEC_FAILED,
-        }
-    };
+    let got = collect(&mut s, &mut dec, MAX_FILE)?;
+    if got.overflow {
+        return Err(io::Error::other(
+            "the edited file came back larger than 1 GiB",
+        ));
+    }
+    let (back, code) = (got.stdout, got.code);
     if let (Some(path), false, 0) = (file, back.is_empty(), code) {
         // The edited version replaces the original only when complete, keeps
         // its mode, and goes through a new file that follows no link.
