@@ -35,7 +35,7 @@ struct Opts {
     policy: PathBuf,
     qube: String,
     /// Empty directory to build the relay's own root on (see `jail`).
-    jail: Option<PathBuf>,
+    jail: PathBuf,
 }
 
 fn opts() -> Result<Opts, String> {
@@ -55,7 +55,7 @@ fn opts() -> Result<Opts, String> {
         listen: listen.ok_or("--listen is required")?,
         policy: policy.ok_or("--policy is required")?,
         qube: qube.unwrap_or_default(),
-        jail,
+        jail: jail.ok_or("--jail is required")?,
     })
 }
 
@@ -97,29 +97,18 @@ fn main() {
             std::process::exit(1);
         }
     };
-    // No network and no abstract sockets of the host (best effort: some
-    // hosts forbid unprivileged user namespaces), then the syscall allowlist.
-    let policy = match &o.jail {
-        Some(root) => match jail::enter(root, &o.policy) {
-            Ok(p) => p,
-            Err(e) => {
-                // Hosts that forbid unprivileged user namespaces (e.g. by
-                // AppArmor) still get qrexec, under the seccomp filter only;
-                // said loudly in the log.
-                log(
-                    &o.qube,
-                    &format!("WARNING: running WITHOUT its namespace jail (cannot enter it: {e}); only seccomp confines this relay"),
-                );
-                o.policy.clone()
-            }
-        },
-        None => {
-            if let Err(e) = bulkhead_sys::process::leave_network() {
-                log(
-                    &o.qube,
-                    &format!("cannot leave the host's network namespace ({e}); continuing"),
-                );
-            }
+    // Its own namespaces (no network, no host paths), then the syscall
+    // allowlist.
+    let policy = match jail::enter(&o.jail, &o.policy) {
+        Ok(p) => p,
+        Err(e) => {
+            // Hosts that forbid unprivileged user namespaces (e.g. by
+            // AppArmor) still get qrexec, under the seccomp filter only;
+            // said loudly in the log.
+            log(
+                &o.qube,
+                &format!("WARNING: running WITHOUT its namespace jail (cannot enter it: {e}); only seccomp confines this relay"),
+            );
             o.policy.clone()
         }
     };

@@ -44,17 +44,6 @@ pub fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) })
 }
 
-/// Moves the caller into a new user and network namespace of its own: no
-/// network interfaces, and no abstract unix sockets of the host (path
-/// sockets stay reachable by path). Works unprivileged where the kernel
-/// allows user namespaces.
-pub fn leave_network() -> io::Result<()> {
-    nix::sched::unshare(
-        nix::sched::CloneFlags::CLONE_NEWUSER | nix::sched::CloneFlags::CLONE_NEWNET,
-    )
-    .map_err(io::Error::from)
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
