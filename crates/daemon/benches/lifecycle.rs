@@ -6,11 +6,15 @@
 //!
 //! Run (as root): `cargo build --release --workspace && cargo bench -p bulkheadd --bench lifecycle`
 
+mod support;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
+
 use std::time::{Duration, Instant};
+use support::{bin, pct, Daemon};
 
 fn call(socket: &Path, m: &str, arg: &str, dest: &str, payload: &[u8]) -> String {
     let mut s = UnixStream::connect(socket).expect("connect");
@@ -29,10 +33,6 @@ fn call(socket: &Path, m: &str, arg: &str, dest: &str, payload: &[u8]) -> String
     String::from_utf8_lossy(&b[2..]).into_owned()
 }
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn report(label: &str, mut v: Vec<Duration>) {
     v.sort();
     println!(
@@ -44,65 +44,8 @@ fn report(label: &str, mut v: Vec<Duration>) {
     );
 }
 
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    dir: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new(bin("bulkhead"))
-            .args(["shutdown", "--all", "--wait"])
-            .env("BULKHEAD_SOCKET", &self.socket)
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn bin(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_bulkheadd")).with_file_name(name)
-}
-
 fn daemon(dir: &Path) -> Daemon {
-    std::fs::create_dir_all(dir).unwrap();
-    let socket = dir.join("qubesd.sock");
-    let child = Command::new(bin("bulkheadd"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--group", "root"])
-        .env("BULKHEAD_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let d = Daemon {
-        child,
-        socket,
-        dir: dir.to_path_buf(),
-    };
-    let st = Command::new(bin("bulkhead"))
-        .args(["template", "build", "minimal", "--name", "bench-tpl"])
-        .env("BULKHEAD_SOCKET", &d.socket)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "template build failed");
-    call(
-        &d.socket,
-        "admin.property.Set",
-        "default_virt_mode",
-        "dom0",
-        b"ns",
-    );
-    d
+    Daemon::start(dir, "bench-tpl")
 }
 
 fn create(d: &Daemon, name: &str) {

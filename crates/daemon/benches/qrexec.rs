@@ -7,47 +7,14 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+mod support;
+
 use std::time::{Duration, Instant};
+use support::{bin, pct, Daemon};
 
 use bulkhead_proto::qrexec::Message;
 use bulkhead_proto::qrexec_io::{hello, recv, send};
-
-fn bin(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_bulkheadd")).with_file_name(name)
-}
-
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    dir: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.cli(&["shutdown", "--all", "--wait"]);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Daemon {
-    fn cli(&self, args: &[&str]) -> String {
-        let o = Command::new(bin("bulkhead"))
-            .args(args)
-            .env("BULKHEAD_SOCKET", &self.socket)
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 /// One call from qube `a`'s relay socket, as `qrexec-client-vm` makes it.
 fn call(relay: &Path, target: &str, service: &str) -> u32 {
@@ -99,24 +66,7 @@ fn main() {
         "test.True * @anyvm @anyvm allow\nqubes.Filecopy * @anyvm @anyvm allow\n",
     )
     .unwrap();
-    let socket = dir.join("qubesd.sock");
-    let child = Command::new(bin("bulkheadd"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--policy-dir")
-        .arg(dir.join("policy.d"))
-        .args(["--group", "root"])
-        .env("BULKHEAD_LOG", "warn")
-        .spawn()
-        .unwrap();
-    while UnixStream::connect(&socket).is_err() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let d = Daemon { child, socket, dir };
-    d.cli(&["template", "build", "minimal"]);
-    d.cli(&["global-prefs", "default_virt_mode", "ns"]);
+    let d = Daemon::start(&dir, "minimal");
     d.cli(&["create", "-t", "minimal", "-l", "red", "bqa"]);
     d.cli(&["create", "-t", "minimal", "-l", "red", "bqb"]);
     d.cli(&["prefs", "bqb", "maxmem", "2000"]);
