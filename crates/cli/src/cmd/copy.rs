@@ -29,12 +29,7 @@ pub fn run(client: &Client, socket: &Path, a: Args) -> Result<Code> {
     if state.contains("power_state=Halted") {
         client.call("admin.vm.Start", "", &a.vm, b"")?;
     }
-    let link = socket
-        .parent()
-        .unwrap_or(Path::new("/run/bulkhead"))
-        .join(format!("qrexec.{}", a.vm));
-    let target = std::fs::read_link(&link)
-        .with_context(|| format!("qube '{}' has no qrexec link; is it running?", a.vm))?;
+    let target = super::agent_socket(socket, &a.vm)?;
     let (reader, mut writer) = std::io::pipe().context("pipe")?;
     let files = a.files.clone();
     let packer = std::thread::spawn(move || -> std::io::Result<u32> {

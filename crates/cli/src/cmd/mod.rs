@@ -66,3 +66,21 @@ pub fn create_qube(
     client.call(&method, template, "dom0", payload.as_bytes())?;
     Ok(())
 }
+
+/// The agent socket of a running qube, through the `qrexec.<qube>` link
+/// bulkheadd keeps next to its Admin API socket (as Qubes' qrexec-daemon
+/// does). The link is ours (a root-owned dir); its target is in the qube's
+/// channel and `hal::guest` opens it without following symlinks.
+pub fn agent_socket(socket: &std::path::Path, vm: &str) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    let link = socket
+        .parent()
+        .unwrap_or(std::path::Path::new("/run/bulkhead"))
+        .join(format!("qrexec.{vm}"));
+    std::fs::read_link(&link).with_context(|| {
+        format!(
+            "qube '{vm}' has no qrexec link at {}; is it running?",
+            link.display()
+        )
+    })
+}

@@ -109,19 +109,7 @@ fn run_in(client: &Client, socket: &Path, a: &Args) -> Result<u8> {
         "QUBESRPC qubes.VMExec+{} dom0",
         bulkhead_proto::vmexec::encode(&argv)
     );
-    let link = socket
-        .parent()
-        .unwrap_or(Path::new("/run/bulkhead"))
-        .join(format!("qrexec.{}", a.vm));
-    // The link is ours (root-owned dir); its target is in the qube's channel
-    // and is opened without following symlinks by `guest::exec`.
-    let target = std::fs::read_link(&link).with_context(|| {
-        format!(
-            "qube '{}' has no qrexec link at {}; is it running?",
-            a.vm,
-            link.display()
-        )
-    })?;
+    let target = super::agent_socket(socket, &a.vm)?;
     let pass = a.pass_io || !a.qvm_run;
     let code = if pass {
         bulkhead_hal::guest::exec(
