@@ -106,21 +106,36 @@ pub fn on_shutdown_signal() {
             }
             let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
             nix::unistd::sync();
+            if crate::vm::is_vm() {
+                crate::vm::power_off();
+            }
             std::process::exit(0);
         }
     });
 }
 
-/// Whether any process besides PID 1 is left (from `/proc`).
+/// Whether any process besides PID 1 is left (from `/proc`). In a `vm`
+/// qube the kernel's own threads (kthreadd, pid 2, and its children) are
+/// listed too and never exit: they do not count.
 fn others_alive() -> bool {
     std::fs::read_dir("/proc").is_ok_and(|d| {
         d.flatten().any(|e| {
             e.file_name()
                 .to_str()
                 .and_then(|n| n.parse::<u32>().ok())
-                .is_some_and(|pid| pid != 1)
+                .is_some_and(|pid| pid != 1 && pid != 2 && parent(pid) != Some(2))
         })
     })
+}
+
+/// A process's parent pid (field 4 of `/proc/<pid>/stat`).
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// The `qubes.VMExec` service: decode the argument and exec it.

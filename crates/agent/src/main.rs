@@ -17,6 +17,7 @@ mod init;
 mod open;
 mod reaper;
 mod service;
+mod vm;
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -28,6 +29,10 @@ fn main() {
         std::process::exit(init::vmexec(std::env::args().nth(1).unwrap_or_default()));
     }
     let base = argv0.rsplit('/').next().unwrap_or_default().to_string();
+    // PID 1 of a vm qube's initramfs.
+    if base == "init" && std::process::id() == 1 && !vm::is_vm() {
+        vm::stage1();
+    }
     match base.as_str() {
         "qrexec-client-vm" => std::process::exit(client::main(std::env::args().collect())),
         "qvm-connect-tcp" => std::process::exit(client::connect_tcp(std::env::args().collect())),
@@ -46,6 +51,10 @@ fn main() {
         .nth(1)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/run/bulkhead/qrexec.sock"));
+    let in_vm = vm::is_vm() && std::process::id() == 1;
+    if in_vm {
+        vm::stage2_setup();
+    }
     if std::process::id() == 1 {
         init::boot();
     }
@@ -69,6 +78,14 @@ fn main() {
             }
         };
     eprintln!("bulkhead-agent: listening on {}", socket.display());
+    if in_vm {
+        if let Err(e) =
+            vm::start_channel(socket.clone(), std::path::Path::new(client::RELAY_SOCKET))
+        {
+            eprintln!("bulkhead-agent: no guest channel: {e}");
+            vm::power_off();
+        }
+    }
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {

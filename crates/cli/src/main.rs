@@ -11,6 +11,7 @@
 mod client;
 mod cmd;
 mod exit;
+mod initramfs;
 mod table;
 
 use std::path::PathBuf;
@@ -78,6 +79,8 @@ enum Command {
     Volume(cmd::volume::Args),
     /// Build templates.
     Template(cmd::template::Args),
+    /// Guest kernels of vm qubes: install, list.
+    Kernel(cmd::kernel::Args),
     /// Check the qrexec policy, or explain a decision.
     Policy(cmd::policy::Args),
     /// Copy host files into a qube's ~/QubesIncoming/dom0 (qvm-copy-to-vm in dom0).
@@ -158,6 +161,7 @@ fn main() -> ExitCode {
         Command::Check(a) => cmd::check::run(&client, a),
         Command::Volume(a) => cmd::volume::run(&client, a),
         Command::Template(a) => cmd::template::run(&client, a),
+        Command::Kernel(a) => cmd::kernel::run(&client, a),
         Command::Policy(a) => cmd::policy::run(&client, a),
         Command::AskAgent(a) => cmd::ask_agent::run(&cli.socket, a),
         Command::Copy(a) => cmd::copy::run(&client, &cli.socket, a),

@@ -36,6 +36,8 @@ pub const UID_BASE: u32 = 0x1000_0000;
 pub const UID_RANGE: u32 = 65536;
 /// Most processes in one qube.
 pub const MAX_PIDS: u32 = 4096;
+/// The vm backend's accelerator verdict, in the run dir.
+const ACCEL_CACHE: &str = "vm-accel.json";
 /// How often running qubes are checked for an unexpected exit.
 const MONITOR_PERIOD: Duration = Duration::from_millis(100);
 
@@ -46,6 +48,8 @@ pub struct RuntimeConfig {
     pub run_dir: PathBuf,
     /// The `ns` backend's helper.
     pub nsinit: PathBuf,
+    /// The `vm` backend's helper (jailed QEMU, guest channel).
+    pub vmm: PathBuf,
     /// The per-qube qrexec relay.
     pub relay: PathBuf,
     /// qrexec policy directories (`*.policy`), in priority order.
@@ -84,7 +88,15 @@ impl Runtime {
         let storage = Storage::open(state_dir, run_dir)?;
         let log_dir = state_dir.join("logs");
         std::fs::create_dir_all(&log_dir)?;
-        let backends = vec![bulkhead_hal::pick("ns", cfg.nsinit).map_err(std::io::Error::other)?];
+        let helpers = bulkhead_hal::Helpers {
+            nsinit: cfg.nsinit,
+            vmm: cfg.vmm,
+            accel_cache: run_dir.join(ACCEL_CACHE),
+        };
+        let backends = ["vm", "ns"]
+            .iter()
+            .map(|m| bulkhead_hal::pick(m, &helpers).map_err(std::io::Error::other))
+            .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Runtime {
             storage,
             policy: crate::qrexec::PolicyStore::new(cfg.policy_dirs),
@@ -118,6 +130,19 @@ impl Runtime {
             .entry(name.to_string())
             .or_default()
             .clone()
+    }
+
+    /// The accelerator a running `vm` qube uses (`kvm`, `tcg`); `None` for
+    /// `ns` qubes, halted ones, or while a start or stop holds the slot.
+    pub fn accelerator(&self, name: &str) -> Option<String> {
+        let slot = self.slot(name);
+        let g = slot.try_lock().ok()?;
+        g.inst.as_ref()?.accelerator()
+    }
+
+    /// Where the vm backend caches its accelerator verdict (per host boot).
+    pub fn accel_cache(&self) -> PathBuf {
+        self.run_dir.join(ACCEL_CACHE)
     }
 
     /// Console log of a qube.
@@ -242,7 +267,49 @@ impl Runtime {
         std::fs::rename(&tmp, &path)
     }
 
-    fn spec(&self, app: &App, q: &Qube, prepared: crate::storage::Prepared) -> ApiResult<QubeSpec> {
+    /// The kernels pool (`linux-kernel`): `<dir>/<version>/{vmlinuz,initramfs}`.
+    pub fn kernels_dir(&self) -> PathBuf {
+        self.storage
+            .pool_path()
+            .parent()
+            .map(|p| p.join("linux-kernel"))
+            .unwrap_or_default()
+    }
+
+    /// The kernel directory a `vm` qube boots, from its `kernel` property.
+    fn kernel_dir(&self, app: &App, name: &str) -> ApiResult<PathBuf> {
+        let k = props::value(app, Holder::Vm(name), "kernel")?
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if k.is_empty() {
+            return Err(ApiError::new(
+                Exc::QubesVMError,
+                format!(
+                    "qube '{name}' has no kernel to boot (virt_mode=vm); install one with                      `bulkhead kernel install`, or set one with `bulkhead prefs {name} kernel VERSION`"
+                ),
+            ));
+        }
+        let dir = self.kernels_dir().join(&k);
+        if !dir.join("vmlinuz").exists() || !dir.join("initramfs").exists() {
+            return Err(ApiError::new(
+                Exc::QubesVMError,
+                format!(
+                    "qube '{name}': kernel '{k}' is not installed in {}; see `bulkhead kernel list`,                      or install one with `bulkhead kernel install`",
+                    self.kernels_dir().display()
+                ),
+            ));
+        }
+        Ok(dir)
+    }
+
+    fn spec(
+        &self,
+        app: &App,
+        q: &Qube,
+        prepared: crate::storage::Prepared,
+        vm: bool,
+    ) -> ApiResult<QubeSpec> {
         let int = |p: &str| -> ApiResult<i64> {
             Ok(props::value(app, Holder::Vm(&q.name), p)?
                 .as_int()
@@ -261,7 +328,22 @@ impl Runtime {
                     format!("qid {} has no free uid range", q.qid),
                 )
             })?;
-        if let bulkhead_hal::RootFs::Overlay { upper, .. } = &prepared.root {
+        let vm_spec = if vm {
+            let overlay_root = matches!(prepared.root, bulkhead_hal::RootFs::Overlay { .. });
+            Some(bulkhead_hal::VmSpec {
+                kernel_dir: self.kernel_dir(app, &q.name)?,
+                kernelopts: props::value(app, Holder::Vm(&q.name), "kernelopts")?
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                disks: prepared.disks.clone(),
+                overlay_root,
+                balloon_mib: (maxmem > memory).then_some(memory.max(64) as u64),
+            })
+        } else {
+            None
+        };
+        if let (false, bulkhead_hal::RootFs::Overlay { upper, .. }) = (vm, &prepared.root) {
             // The volatile volume holding the overlay layers: only the
             // qube's root (and host root) may enter it. (Not the upper dir
             // itself: its mode is the mode of the qube's "/".)
@@ -284,10 +366,16 @@ impl Runtime {
             init: vec![GUEST_INIT.into()],
             uid_base,
             uid_count: UID_RANGE,
-            memory_mib: maxmem.max(memory).max(32) as u64,
+            memory_mib: if vm {
+                // A guest kernel needs this much to boot at all.
+                maxmem.max(memory).max(64) as u64
+            } else {
+                maxmem.max(memory).max(32) as u64
+            },
             vcpus: int("vcpus")?.clamp(1, 1024) as u32,
             max_pids: MAX_PIDS,
             log: self.console_log(&q.name),
+            vm: vm_spec,
         })
     }
 }
@@ -378,15 +466,24 @@ impl Daemon {
             .as_str()
             .unwrap_or("vm")
             .to_string();
-        if rt.backend(&mode).is_none() {
-            return Err(ApiError::new(
-                Exc::QubesVMError,
-                format!(
-                    "qube '{name}' has virt_mode={mode}, which this build cannot run yet; \
-                     use the namespace backend: `bulkhead prefs {name} virt_mode ns` \
-                     (or `bulkhead global-prefs default_virt_mode ns`)"
-                ),
-            ));
+        match rt.backend(&mode).map(|b| b.capabilities().reason) {
+            None => {
+                return Err(ApiError::new(
+                    Exc::QubesVMError,
+                    format!("qube '{name}' has virt_mode={mode}, which is neither vm nor ns"),
+                ))
+            }
+            Some(Some(why)) => {
+                let other = if mode == "vm" { "ns" } else { "vm" };
+                return Err(ApiError::new(
+                    Exc::QubesVMError,
+                    format!(
+                        "qube '{name}' cannot start: the {mode} backend is not usable here: {why} \
+                         (or use the other backend: `bulkhead prefs {name} virt_mode {other}`)"
+                    ),
+                ));
+            }
+            Some(None) => {}
         }
         let timeout = props::value(&app, Holder::Vm(name), "qrexec_timeout")?
             .as_int()
@@ -397,7 +494,8 @@ impl Daemon {
         let (rt2, app2, q2) = (rt.clone(), app.clone(), q.clone());
         let started = blocking(move || -> ApiResult<Box<dyn Instance>> {
             let t0 = Instant::now();
-            let prepared = rt2.storage.start(&app2, &q2).map_err(|e| {
+            let as_disks = mode == "vm";
+            let prepared = rt2.storage.start(&app2, &q2, as_disks).map_err(|e| {
                 ApiError::new(Exc::StoragePoolException, e.to_string())
             })?;
             let t_storage = t0.elapsed();
@@ -408,7 +506,7 @@ impl Daemon {
                 rt2.storage.abort_start(&app2, &q2, &created);
                 Err(e)
             };
-            let spec = match rt2.spec(&app2, &q2, prepared) {
+            let spec = match rt2.spec(&app2, &q2, prepared, as_disks) {
                 Ok(s) => s,
                 Err(e) => return abort(e),
             };

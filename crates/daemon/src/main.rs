@@ -39,6 +39,9 @@ struct Opts {
     /// default: the directory of the first --socket.
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// The `vm` backend's helper; default: `bulkhead-vmm` next to this binary.
+    #[arg(long)]
+    vmm: Option<PathBuf>,
     /// The `ns` backend's helper; default: `bulkhead-nsinit` next to this binary.
     #[arg(long)]
     nsinit: Option<PathBuf>,
@@ -52,6 +55,46 @@ struct Opts {
     /// Serve the Admin API on the state only, without running qubes.
     #[arg(long)]
     no_runtime: bool,
+}
+
+/// Says once, at start, which accelerator vm qubes get. Finding out may
+/// boot a test guest (seconds), so it runs on its own thread.
+fn announce_accelerator(rt: &bulkheadd::lifecycle::Runtime, kernel: Option<PathBuf>) {
+    let Some(vm) = rt.backends().iter().find(|b| b.name() == "vm") else {
+        return;
+    };
+    if vm.capabilities().reason.is_some() {
+        return;
+    }
+    let say = |v: Option<(String, Option<String>)>| {
+        match v {
+        Some((a, None)) => tracing::info!("backend vm: qubes run with {a} acceleration"),
+        Some((a, Some(why))) => tracing::warn!(
+            "backend vm: KVM is not usable ({why}); vm qubes run under {} (software emulation: isolated, but slow to start)",
+            a.to_uppercase()
+        ),
+        None => tracing::warn!(
+            "backend vm: no guest kernel is installed, so vm qubes cannot start: run `bulkhead kernel install`"
+        ),
+    }
+    };
+    if let Some(v) = vm.accelerator(None) {
+        return say(Some(v));
+    }
+    match kernel.filter(|k| k.join("vmlinuz").exists()) {
+        None => say(None),
+        Some(k) => {
+            let cache = rt.accel_cache();
+            std::thread::spawn(move || {
+                let v = bulkhead_hal::vm::accel::decide(
+                    &cache,
+                    std::path::Path::new(bulkhead_hal::vm::QEMU),
+                    &k,
+                );
+                say(Some((v.accel.name().to_string(), v.reason)));
+            });
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -175,6 +218,10 @@ fn run(opts: Opts) -> Result<()> {
                 .nsinit
                 .clone()
                 .unwrap_or_else(|| exe.with_file_name("bulkhead-nsinit")),
+            vmm: opts
+                .vmm
+                .clone()
+                .unwrap_or_else(|| exe.with_file_name("bulkhead-vmm")),
             relay: opts
                 .relay
                 .clone()
@@ -190,9 +237,16 @@ fn run(opts: Opts) -> Result<()> {
                 Some(why) => tracing::warn!("backend {}: not usable here: {why}", b.name()),
             }
         }
-        tracing::warn!(
-            "backend vm: not built yet; qubes with virt_mode=vm cannot start (set virt_mode=ns)"
-        );
+        let kernel = bulkheadd::model::props::value(
+            &app,
+            bulkheadd::model::props::Holder::Global,
+            "default_kernel",
+        )
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .filter(|k| !k.is_empty())
+        .map(|k| r.kernels_dir().join(k));
+        announce_accelerator(&r, kernel);
         Some(r)
     };
     rt.block_on(async move {

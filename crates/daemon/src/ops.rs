@@ -53,6 +53,15 @@ impl Daemon {
             Call::Kill => self.vm_kill(name).await.map(|()| String::new()),
             Call::Pause => self.vm_pause(name, true).await.map(|()| String::new()),
             Call::Unpause => self.vm_pause(name, false).await.map(|()| String::new()),
+            Call::CurrentState => {
+                let app = self.snapshot();
+                let mut s = crate::api::current_state(&app, app.vm(name)?);
+                // Not in Qubes' reply: which accelerator a VM runs on.
+                if let Some(a) = self.runtime().and_then(|rt| rt.accelerator(name)) {
+                    s.push_str(&format!(" accelerator={a}"));
+                }
+                Ok(s)
+            }
             Call::PoolList => Ok("default\nlinux-kernel\n".into()),
             Call::PoolListDrivers => Ok(storage::DRIVERS
                 .iter()

@@ -34,6 +34,7 @@ fn guest_shared_crates_do_not_depend_on_host_crates() {
         "bulkhead-agent",
         "bulkhead-sys",
         "bulkhead-filecopy",
+        "bulkhead-vmchan",
     ];
     let packages = meta["packages"].as_array().unwrap();
     for p in packages {

@@ -80,6 +80,7 @@ fn main() {
             vcpus: 1,
             max_pids: 256,
             log: run.join("console.log"),
+            vm: None,
         };
         let t = Instant::now();
         let mut i = backend.start(&spec).expect("start");

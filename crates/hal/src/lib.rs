@@ -10,8 +10,11 @@
 //! it gets a fully resolved [`QubeSpec`] and reports process-level facts.
 #![forbid(unsafe_code)]
 
+pub mod cgroup;
 pub mod guest;
+mod helper;
 pub mod ns;
+pub mod vm;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,6 +54,36 @@ pub struct QubeSpec {
     pub max_pids: u32,
     /// Where the qube's console output goes.
     pub log: PathBuf,
+    /// What only the `vm` backend needs (kernel, disks); `None` for `ns`.
+    #[serde(default)]
+    pub vm: Option<VmSpec>,
+}
+
+/// A `vm` qube's kernel and disks. Its root and binds come from the disks
+/// inside the guest ([`QubeSpec::root`] and [`QubeSpec::binds`] are unused).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    /// Directory holding `vmlinuz` and `initramfs` (a kernels-pool entry).
+    pub kernel_dir: PathBuf,
+    /// Extra kernel command line (the `kernelopts` property).
+    pub kernelopts: String,
+    /// The qube's volumes, as disk images.
+    pub disks: Vec<Disk>,
+    /// The root disk is a read-only template root under a copy-on-write
+    /// overlay whose writes land on the volatile disk (an AppVM's).
+    pub overlay_root: bool,
+    /// Memory the guest is ballooned down to at start (`memory`), when
+    /// lower than [`QubeSpec::memory_mib`] (`maxmem`).
+    pub balloon_mib: Option<u64>,
+}
+
+/// One disk image of a `vm` qube, found in the guest by its serial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    /// `root`, `private` or `volatile`.
+    pub serial: String,
+    pub path: PathBuf,
+    pub read_only: bool,
 }
 
 /// How a qube's root is assembled. Host paths hold files with the uids the
@@ -144,6 +177,16 @@ pub trait Backend: Send + Sync {
     /// not be re-adopted), by the qube's name and [`QubeSpec::id`]; returns
     /// whether nothing is left.
     fn reap_leftovers(&self, qube: &str, id: &str) -> bool;
+    /// The accelerator this backend's qubes run on (`kvm`, `tcg`) and why
+    /// not KVM, if it applies and is known; with `probe_with` (a kernel
+    /// directory) it is found out first if need be, which may take seconds.
+    fn accelerator(
+        &self,
+        probe_with: Option<&std::path::Path>,
+    ) -> Option<(String, Option<String>)> {
+        let _ = probe_with;
+        None
+    }
 }
 
 /// What a daemon must remember to re-adopt a running qube after a restart
@@ -163,6 +206,10 @@ pub trait Instance: Send {
     fn init_pid(&self) -> u32;
     /// Host path of the agent's qrexec socket (exists once the agent listens).
     fn agent_socket(&self) -> PathBuf;
+    /// The accelerator the qube runs on, for VMs (`kvm`, `tcg`).
+    fn accelerator(&self) -> Option<String> {
+        None
+    }
     /// Current state (reaps the qube if it exited).
     fn state(&mut self) -> RunState;
     /// Asks the qube to stop (its init gets SIGTERM) and returns at once;
@@ -198,13 +245,28 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The host helpers backends run.
+#[derive(Debug, Clone)]
+pub struct Helpers {
+    /// `bulkhead-nsinit` (ns).
+    pub nsinit: PathBuf,
+    /// `bulkhead-vmm` (vm).
+    pub vmm: PathBuf,
+    /// Where the vm backend caches its accelerator verdict.
+    pub accel_cache: PathBuf,
+}
+
 /// The backend for a `virt_mode` value.
-pub fn pick(virt_mode: &str, nsinit: PathBuf) -> Result<Box<dyn Backend>, HalError> {
+pub fn pick(virt_mode: &str, helpers: &Helpers) -> Result<Box<dyn Backend>, HalError> {
     match virt_mode {
-        "ns" => Ok(Box::new(ns::NsBackend::new(nsinit))),
+        "ns" => Ok(Box::new(ns::NsBackend::new(helpers.nsinit.clone()))),
+        "vm" => Ok(Box::new(vm::VmBackend::new(
+            helpers.vmm.clone(),
+            helpers.accel_cache.clone(),
+        ))),
         other => Err(HalError::Unusable {
             backend: "vm",
-            reason: format!("virt_mode '{other}' has no backend in this build yet"),
+            reason: format!("virt_mode '{other}' is neither vm nor ns"),
         }),
     }
 }

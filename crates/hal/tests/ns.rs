@@ -82,6 +82,7 @@ fn qube(name: &str, script: &str, memory_mib: u64) -> Qube {
         vcpus: 1,
         max_pids: 256,
         log: dir.path().join("console.log"),
+        vm: None,
     };
     Qube {
         dir,

@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod filecopy;
+pub mod mux;
 pub mod names;
 pub mod qrexec;
 pub mod qrexec_io;

@@ -51,17 +51,30 @@ const DEFAULT_FIELDS: [&str; 7] = [
     "isolation",
 ];
 
-/// What the isolation column says: how strongly this qube is isolated.
-fn isolation(class: &str, props: &BTreeMap<String, String>) -> String {
+/// What the isolation column says: how strongly this qube is isolated —
+/// for a running VM also its accelerator (`vm(kvm)`, `vm(tcg)`: software
+/// emulation, isolated as well but slow).
+fn isolation(class: &str, props: &BTreeMap<String, String>, accel: Option<&str>) -> String {
     if class == "AdminVM" {
         return "host".into();
     }
     match props.get("virt_mode").map(String::as_str) {
-        Some("vm") => "vm".into(),
+        Some("vm") => match accel {
+            Some(a) => format!("vm({a})"),
+            None => "vm".into(),
+        },
         Some("ns") => "ns(weaker)".into(),
         Some(other) => other.to_string(),
         None => "-".into(),
     }
+}
+
+/// A running qube's accelerator, from `admin.vm.CurrentState`.
+fn accelerator(client: &Client, name: &str) -> Option<String> {
+    let s = client.call("admin.vm.CurrentState", "", name, b"").ok()?;
+    s.split_whitespace()
+        .find_map(|kv| kv.strip_prefix("accelerator="))
+        .map(str::to_string)
 }
 
 pub fn run(client: &Client, a: Args) -> Result<Code> {
@@ -131,7 +144,14 @@ pub fn run(client: &Client, a: Args) -> Result<Code> {
                 "name" => v.name.clone(),
                 "state" => v.state.clone(),
                 "class" => v.class.clone(),
-                "isolation" => isolation(&v.class, &props),
+                "isolation" => {
+                    let accel = if v.state == "Running" || v.state == "Paused" {
+                        accelerator(client, &v.name)
+                    } else {
+                        None
+                    };
+                    isolation(&v.class, &props, accel.as_deref())
+                }
                 other => props.get(other).cloned().unwrap_or_default(),
             };
             let shown = if val.is_empty() {

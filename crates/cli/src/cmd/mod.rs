@@ -7,6 +7,7 @@ pub mod copy;
 pub mod create;
 pub mod events;
 pub mod features;
+pub mod kernel;
 pub mod labels;
 pub mod ls;
 pub mod notes;

@@ -137,7 +137,7 @@ fn system_info(app: &App) -> String {
     serde_json::json!({ "domains": domains }).to_string()
 }
 
-fn current_state(app: &App, q: &Qube) -> String {
+pub(crate) fn current_state(app: &App, q: &Qube) -> String {
     let (mem, max) = match q.power {
         PowerState::Halted => (0, 0),
         _ if q.class == Class::AdminVM => (app.host.mem_total_kib, app.host.mem_total_kib),

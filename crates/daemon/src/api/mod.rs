@@ -4,6 +4,7 @@
 //! socket server today, qrexec later) only translate into `Call`.
 
 mod exec;
+pub(crate) use exec::current_state;
 
 use std::collections::BTreeMap;
 
@@ -142,6 +143,7 @@ impl Call {
         matches!(
             self,
             Call::Start
+                | Call::CurrentState
                 | Call::CreateDisposable
                 | Call::Shutdown { .. }
                 | Call::Kill

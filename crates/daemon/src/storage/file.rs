@@ -25,6 +25,9 @@ pub struct Storage {
 pub struct Prepared {
     pub root: RootFs,
     pub binds: Vec<Bind>,
+    /// The volumes as disk images, for a `vm` qube (whose volumes are
+    /// never mounted on the host): root, private, volatile.
+    pub disks: Vec<bulkhead_hal::Disk>,
     /// Images this start created: what [`Storage::abort_start`] removes if
     /// the qube never runs.
     pub created: Vec<PathBuf>,
@@ -298,16 +301,17 @@ impl Storage {
         Ok(())
     }
 
-    /// Prepares every volume of `q` for a start and mounts them. On failure
-    /// nothing stays mounted and no revision is made.
-    pub fn start(&self, app: &App, q: &Qube) -> Result<Prepared, StorageError> {
+    /// Prepares every volume of `q` for a start and, unless `as_disks` (a
+    /// `vm` qube: the images go to the guest as disks), mounts them. On
+    /// failure nothing stays mounted and no revision is made.
+    pub fn start(&self, app: &App, q: &Qube, as_disks: bool) -> Result<Prepared, StorageError> {
         let dir = self.qube_dir(q);
         fs::create_dir_all(&dir).map_err(err(q, "*")("create", &dir))?;
         self.prepare_mount_dirs(&q.name)
             .map_err(err(q, "*")("create", &self.mounts.join(&q.name)))?;
         // Dirty images this start made (discarded if it fails).
         let mut created: Vec<PathBuf> = Vec::new();
-        let result = self.start_inner(app, q, &mut created);
+        let result = self.start_inner(app, q, &mut created, as_disks);
         if result.is_err() {
             self.abort_start(app, q, &created);
         }
@@ -319,8 +323,10 @@ impl Storage {
         app: &App,
         q: &Qube,
         created: &mut Vec<PathBuf>,
+        as_disks: bool,
     ) -> Result<Prepared, StorageError> {
         let dir = self.qube_dir(q);
+        let mut disks = Vec::new();
         let mut root = None;
         let mut private_mnt = None;
         let mut volatile_mnt = None;
@@ -354,6 +360,14 @@ impl Storage {
                             .map_err(e("create", &img))?;
                         created.push(img.clone());
                         let rw = c.rw;
+                        if as_disks {
+                            disks.push(bulkhead_hal::Disk {
+                                serial: c.name.into(),
+                                path: img,
+                                read_only: !rw,
+                            });
+                            continue;
+                        }
                         self.mount_image(&img, &at, rw).map_err(e("mount", &img))?;
                         private_mnt = Some(at);
                         continue;
@@ -416,6 +430,17 @@ impl Storage {
                 }
             };
             let rw = c.rw && !(c.snap_on_start && c.name == "root");
+            if as_disks {
+                if c.name == "root" {
+                    root = Some((image.clone(), c.snap_on_start));
+                }
+                disks.push(bulkhead_hal::Disk {
+                    serial: c.name.into(),
+                    path: image,
+                    read_only: !rw,
+                });
+                continue;
+            }
             self.mount_image(&image, &at, rw)
                 .map_err(e("mount", &image))?;
             match c.name {
@@ -430,6 +455,23 @@ impl Storage {
             volume: "root".into(),
             message: "this qube has no root volume".into(),
         })?;
+        if as_disks {
+            // The guest assembles its own root and binds from the disks.
+            return Ok(Prepared {
+                root: if overlay {
+                    RootFs::Overlay {
+                        lower: root_at,
+                        upper: PathBuf::new(),
+                        work: PathBuf::new(),
+                    }
+                } else {
+                    RootFs::Direct { path: root_at }
+                },
+                binds: Vec::new(),
+                disks,
+                created: created.clone(),
+            });
+        }
         let root = if overlay {
             let vol = volatile_mnt.ok_or_else(|| StorageError::Invalid {
                 qube: q.name.clone(),
@@ -501,6 +543,7 @@ impl Storage {
         Ok(Prepared {
             root,
             binds,
+            disks,
             created: created.clone(),
         })
     }

@@ -5,7 +5,6 @@
 //! Weaker than `vm` (the host kernel is shared), which `bulkhead ls` says.
 //! The in-namespace work is done by the `bulkhead-nsinit` helper ([`init`]).
 
-mod cgroup;
 pub mod init;
 pub mod seccomp;
 
@@ -21,6 +20,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::{chown, Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup;
+use crate::helper::{boot_id, Helper};
 use crate::{Backend, Capabilities, HalError, Instance, QubeSpec, RunState, Stats};
 pub use cgroup::{layout as cgroup_layout, Layout as CgroupLayout};
 
@@ -144,7 +145,7 @@ fn read_line(out: &mut BufReader<ChildStdout>, log: &Path) -> Result<String, Str
 }
 
 /// The qube's cgroup name: readable, and unique on the host.
-fn cgroup_name(name: &str, id: &str) -> String {
+pub(crate) fn cgroup_name(name: &str, id: &str) -> String {
     if id.is_empty() {
         name.to_string()
     } else {
@@ -358,13 +359,6 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
     }))
 }
 
-fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
 fn parent_of(pid: u32) -> Option<u32> {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
@@ -424,49 +418,6 @@ fn adopt(name: &str, record: &crate::InstanceRecord) -> Result<Box<dyn Instance>
         agent_socket: r.agent_socket,
         channel: r.channel,
     }))
-}
-
-/// The helper process: our child, or one a previous daemon started.
-enum Helper {
-    Child(Child),
-    Adopted {
-        pid: u32,
-        pidfd: std::os::fd::OwnedFd,
-    },
-}
-
-impl Helper {
-    fn id(&self) -> u32 {
-        match self {
-            Helper::Child(c) => c.id(),
-            Helper::Adopted { pid, .. } => *pid,
-        }
-    }
-
-    /// The exit status if it has exited (-1 when not ours to reap).
-    fn try_wait(&mut self) -> Option<i32> {
-        match self {
-            Helper::Child(c) => match c.try_wait() {
-                Ok(Some(status)) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    Some(
-                        status
-                            .code()
-                            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
-                    )
-                }
-                _ => None,
-            },
-            Helper::Adopted { pidfd, .. } => {
-                use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-                match poll(&mut fds, PollTimeout::ZERO) {
-                    Ok(n) if n > 0 => Some(-1),
-                    _ => None,
-                }
-            }
-        }
-    }
 }
 
 /// A running `ns` qube.

@@ -1,0 +1,106 @@
+//! The host end of a `vm` qube's guest channel (`bulkhead-vmm chan`),
+//! jailed like QEMU and running as the qube's own uid (the uid of its
+//! qrexec relay): it connects to QEMU's virtio-serial chardev socket and
+//! multiplexes streams over it with [`bulkhead_vmchan`]:
+//!
+//! - connections to `/channel/qrexec.sock` (the qube's agent socket, as
+//!   on `ns`) become streams to the guest agent;
+//! - connections to `/vmm/control.sock` become control streams (`shutdown`);
+//! - streams the guest opens reach the relay at `/channel/relay.sock`.
+//!
+//! Everything the guest sends is parsed here, never in bulkheadd. The
+//! helper ends when QEMU closes the chardev (the qube stopped).
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::jail::{self, JailSpec};
+use bulkhead_vmchan::{port, Mux, Side};
+
+/// Inside the jail: QEMU's sockets and the qube's channel directory.
+pub const VMM_DIR: &str = "/vmm";
+pub const CHANNEL_DIR: &str = "/channel";
+/// QEMU's end of the virtio-serial port, relative to the vmm dir.
+pub const CHARDEV_SOCKET: &str = "chan.sock";
+/// Power control, relative to the vmm dir.
+pub const CONTROL_SOCKET: &str = "control.sock";
+/// The relay's listening socket, relative to the channel dir.
+pub const RELAY_SOCKET: &str = "relay.sock";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChanConfig {
+    pub jail: JailSpec,
+}
+
+fn listen(path: &Path) -> Result<UnixListener, String> {
+    // Bound under a temporary name and renamed: the path only appears once
+    // it accepts connections.
+    let tmp = path.with_extension("sock.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let l = UnixListener::bind(&tmp).map_err(|e| format!("bind {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("rename to {}: {e}", path.display()))?;
+    Ok(l)
+}
+
+fn serve(listener: UnixListener, mux: Mux, to: u32) {
+    std::thread::spawn(move || {
+        for c in listener.incoming().flatten() {
+            if let Err(e) = mux.open(to, c) {
+                eprintln!("bulkhead-vmm chan: {e}");
+            }
+        }
+    });
+}
+
+/// Runs the helper; returns the process exit code.
+pub fn run(cfg: &ChanConfig) -> i32 {
+    match run_inner(cfg) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("bulkhead-vmm chan: {e}");
+            1
+        }
+    }
+}
+
+fn run_inner(cfg: &ChanConfig) -> Result<(), String> {
+    jail::enter(&cfg.jail)?;
+    let vmm = Path::new(VMM_DIR);
+    let chardev = vmm.join(CHARDEV_SOCKET);
+    // QEMU creates its socket a few milliseconds after it starts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let link = loop {
+        match UnixStream::connect(&chardev) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!("connect {}: {e}", chardev.display()))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    };
+    let writer = link.try_clone().map_err(|e| e.to_string())?;
+    let relay = Path::new(CHANNEL_DIR).join(RELAY_SOCKET);
+    let mux = Mux::new(
+        Box::new(writer),
+        Side::Host,
+        Box::new(move |p| match p {
+            port::RELAY => UnixStream::connect(&relay),
+            _ => Err(std::io::Error::other("the host offers only the relay port")),
+        }),
+    );
+    serve(
+        listen(&Path::new(CHANNEL_DIR).join(crate::AGENT_SOCKET))?,
+        mux.clone(),
+        port::AGENT,
+    );
+    serve(
+        listen(&vmm.join(CONTROL_SOCKET))?,
+        mux.clone(),
+        port::CONTROL,
+    );
+    mux.run(link)
+        .map_err(|e| format!("the guest broke the channel protocol: {e}"))
+}
