@@ -56,9 +56,14 @@ impl Daemon {
             Call::CurrentState => {
                 let app = self.snapshot();
                 let mut s = crate::api::current_state(&app, app.vm(name)?);
-                // Not in Qubes' reply: which accelerator a VM runs on.
+                // Not in Qubes' reply: which accelerator a VM runs on (ahead
+                // of power_state, which stays last as in Qubes).
                 if let Some(a) = self.runtime().and_then(|rt| rt.accelerator(name)) {
-                    s.push_str(&format!(" accelerator={a}"));
+                    s = s.replacen(
+                        " power_state=",
+                        &format!(" accelerator={a} power_state="),
+                        1,
+                    );
                 }
                 Ok(s)
             }

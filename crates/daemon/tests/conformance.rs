@@ -2,12 +2,16 @@
 //! end (a real `bulkheadd`, the real `bulkhead` CLI, a minimal template
 //! built from busybox-static and the agent, real qubes), run once per
 //! backend built in. Each scenario is a function of the `virt_mode`;
-//! [`conformance!`] instantiates it per backend (today `ns`; `vm` joins
-//! with the QEMU backend).
+//! [`conformance!`] instantiates it per backend: every scenario on `ns`, and
+//! on `vm` (QEMU; under TCG on hosts without usable KVM, ~2-3 s per boot)
+//! every scenario whose behaviour can differ there — the storage-only ones
+//! (revert, resize) are the same code on both.
 //!
 //! Needs root, loop devices, mkfs.ext4, /bin/busybox (busybox-static) and the
-//! workspace's binaries (`cargo test --workspace` builds them); each test
-//! prints why it skips otherwise. Qube names carry a per-test prefix because
+//! workspace's binaries (`cargo test --workspace` builds them); `vm` also
+//! needs QEMU and a Debian kernel package (`$BULKHEAD_KERNEL_DEB`, else
+//! fetched once with `apt-get download`). Each test prints why it skips
+//! otherwise. Qube names carry a per-test prefix because
 //! cgroups are named after qubes and tests run in parallel.
 
 mod common;
@@ -22,11 +26,26 @@ struct Env {
     tpl: String,
     /// Prefix of this test's qube names (backend + scenario).
     tag: String,
+    /// `ns` or `vm`.
+    mode: String,
 }
 
-fn missing() -> Option<String> {
+fn missing(mode: &str) -> Option<String> {
     let bin = common::daemon_bin();
-    let need_bins = ["bulkhead", "bulkhead-agent", "bulkhead-nsinit"];
+    let need_bins = [
+        "bulkhead",
+        "bulkhead-agent",
+        "bulkhead-nsinit",
+        "bulkhead-vmm",
+    ];
+    if mode == "vm" {
+        if !Path::new(bulkhead_hal::vm::QEMU).exists() {
+            return Some("QEMU missing (apt-get install qemu-system-x86)".into());
+        }
+        if let Err(e) = kernel_deb() {
+            return Some(e);
+        }
+    }
     if !nix::unistd::geteuid().is_root() {
         return Some("not root".into());
     }
@@ -48,7 +67,7 @@ fn missing() -> Option<String> {
 
 macro_rules! env_or_skip {
     ($tag:expr, $mode:expr) => {
-        match missing() {
+        match missing($mode) {
             Some(why) => {
                 eprintln!("SKIPPED: {why}");
                 return;
@@ -58,31 +77,103 @@ macro_rules! env_or_skip {
     };
 }
 
-/// One `#[test]` per scenario and backend.
+/// One `#[test]` per scenario and backend: `both` run on `ns` and `vm`,
+/// `ns_only` on `ns` (storage-only scenarios, the same code on `vm`; the
+/// host-side bind of the private volume, which `vm` never does), `vm_only`
+/// on `vm`.
 macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
+    (both: [$($b:ident),* $(,)?], ns_only: [$($n:ident),* $(,)?], vm_only: [$($v:ident),* $(,)?] $(,)?) => {
         mod ns {
-            $( #[test] fn $name() { super::$name("ns") } )*
+            $( #[test] fn $b() { super::$b("ns") } )*
+            $( #[test] fn $n() { super::$n("ns") } )*
+        }
+        mod vm {
+            $( #[test] fn $b() { super::$b("vm") } )*
+            $( #[test] fn $v() { super::$v("vm") } )*
         }
     };
 }
 
 conformance!(
-    template_update_reaches_appvm_at_restart_root_writes_vanish_private_persists,
-    revert_restores_the_previous_private_revision,
-    qubes_cannot_see_each_others_files_processes_or_network,
-    root_in_a_qube_cannot_load_modules_see_the_host_mount_disks_or_write_outside,
-    a_qube_over_its_memory_limit_is_contained,
-    daemon_restart_readopts_running_qubes_and_autostart_starts_qubes,
-    kill_9_of_a_qubes_init_is_noticed_and_reported,
-    lifecycle_state_machine_and_qubes_exceptions,
-    run_streams_stdin_and_output_and_clone_copies_volumes,
-    symlinks_planted_in_the_private_volume_are_not_followed_by_the_host,
-    qrexec_calls_between_qubes_follow_policy,
-    admin_calls_and_dom0_services_from_qubes_follow_policy,
-    qvm_copy_delivers_trees_and_refuses_hostile_streams,
-    calls_to_dispvm_run_in_a_fresh_disposable_that_is_then_removed,
+    both: [
+        template_update_reaches_appvm_at_restart_root_writes_vanish_private_persists,
+        qubes_cannot_see_each_others_files_processes_or_network,
+        root_in_a_qube_cannot_load_modules_see_the_host_mount_disks_or_write_outside,
+        a_qube_over_its_memory_limit_is_contained,
+        daemon_restart_readopts_running_qubes_and_autostart_starts_qubes,
+        kill_9_of_a_qubes_init_is_noticed_and_reported,
+        lifecycle_state_machine_and_qubes_exceptions,
+        run_streams_stdin_and_output_and_clone_copies_volumes,
+        qrexec_calls_between_qubes_follow_policy,
+        admin_calls_and_dom0_services_from_qubes_follow_policy,
+        qvm_copy_delivers_trees_and_refuses_hostile_streams,
+        calls_to_dispvm_run_in_a_fresh_disposable_that_is_then_removed,
+    ],
+    ns_only: [
+        revert_restores_the_previous_private_revision,
+        symlinks_planted_in_the_private_volume_are_not_followed_by_the_host,
+    ],
+    vm_only: [
+        the_vmm_runs_jailed_and_cannot_open_another_qubes_volume,
+        the_accelerator_is_chosen_by_trial_and_shown,
+    ],
 );
+
+/// A Debian kernel package for `bulkhead kernel install`: `$BULKHEAD_KERNEL_DEB`,
+/// or one fetched once per host into the target directory.
+fn kernel_deb() -> Result<PathBuf, String> {
+    static DEB: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    DEB.get_or_init(|| {
+        if let Some(p) = std::env::var_os("BULKHEAD_KERNEL_DEB") {
+            return Ok(PathBuf::from(p));
+        }
+        let dir = common::daemon_bin()
+            .parent()
+            .map(|p| p.join("test-kernel"))
+            .ok_or("no target dir")?;
+        let find = || {
+            std::fs::read_dir(&dir).ok().and_then(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            })
+        };
+        if let Some(p) = find() {
+            return Ok(p);
+        }
+        // Fetched into a private dir, then renamed: parallel test binaries
+        // never see half a package.
+        let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o777));
+        let deps = Command::new("apt-cache")
+            .args(["depends", "linux-image-cloud-amd64"])
+            .output()
+            .map_err(|e| format!("apt-cache: {e}"))?;
+        let pkg = String::from_utf8_lossy(&deps.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Depends: ").map(str::to_string))
+            .ok_or("no linux-image-cloud-amd64 package known to apt (apt-get update?)")?;
+        let ok = Command::new("apt-get")
+            .args(["download", "-q", &pkg])
+            .current_dir(&tmp)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err(format!("apt-get download {pkg} failed"));
+        }
+        match std::fs::rename(&tmp, &dir) {
+            Ok(()) => {}
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+        }
+        find().ok_or_else(|| "the kernel package vanished".into())
+    })
+    .clone()
+}
 
 impl Env {
     fn new(tag: &str, mode: &str) -> Env {
@@ -94,9 +185,17 @@ impl Env {
             cli,
             tpl,
             tag: tag.to_string(),
+            mode: mode.to_string(),
         };
         e.ok(&["template", "build", "minimal", "--name", &e.tpl]);
         e.ok(&["global-prefs", "default_virt_mode", mode]);
+        if mode == "vm" {
+            let deb = kernel_deb().expect("kernel package");
+            e.ok(&["kernel", "install", "--deb", &deb.to_string_lossy()]);
+            // Fixed guest memory (no balloon): smaller, faster boots under TCG.
+            e.ok(&["prefs", &e.tpl, "memory", "256"]);
+            e.ok(&["prefs", &e.tpl, "maxmem", "0"]);
+        }
         e
     }
 
@@ -296,32 +395,51 @@ fn root_in_a_qube_cannot_load_modules_see_the_host_mount_disks_or_write_outside(
         ),
     );
     assert_eq!(code, 0, "{out}");
-    assert!(!out.contains("insmod=0"), "{out}");
-    assert!(
-        !out.contains("mount=0") && !out.contains("procmount=0"),
-        "{out}"
-    );
-    let procs: usize = out
-        .lines()
-        .nth(1)
-        .unwrap_or("99")
-        .trim()
-        .parse()
-        .unwrap_or(99);
-    assert!(procs <= 6, "root sees {procs} processes: {out}");
-    assert!(
-        !out.contains("loop0") && !out.contains("sda"),
-        "block devices visible: {out}"
-    );
+    if e.mode == "ns" {
+        // The host kernel is shared: root in the qube must not change it.
+        assert!(!out.contains("insmod=0"), "{out}");
+        assert!(
+            !out.contains("mount=0") && !out.contains("procmount=0"),
+            "{out}"
+        );
+        let procs: usize = out
+            .lines()
+            .nth(1)
+            .unwrap_or("99")
+            .trim()
+            .parse()
+            .unwrap_or(99);
+        assert!(procs <= 6, "root sees {procs} processes: {out}");
+        assert!(!out.contains("loop0"), "block devices visible: {out}");
+    } else {
+        // A VM's root owns its own kernel (modules and mounts are its
+        // business); what matters is that nothing of the host shows.
+        let (_, ps) = e.sh(&e.q("work"), "root", "ps -o comm");
+        assert!(
+            !ps.contains("bulkheadd") && !ps.contains("cargo") && !ps.contains("qemu"),
+            "host processes visible: {ps}"
+        );
+        assert!(out.contains("vda"), "{out}");
+    }
+    assert!(!out.contains("sda"), "block devices visible: {out}");
     assert!(
         out.contains("bulkhead-agent"),
         "PID 1 is not the agent: {out}"
     );
     // The qube wrote its own /tmp (its volatile layer), not the host's.
     assert!(!Path::new(&marker).exists());
-    // Other host users cannot browse the qube's mounted volumes.
     use std::os::unix::fs::MetadataExt;
     let base = e.d.dir.path().join("qubes").join(e.q("work"));
+    if e.mode == "vm" {
+        // A VM's volumes are never mounted on the host.
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mi.contains(&base.to_string_lossy().to_string()),
+            "vm volumes mounted on the host: {mi}"
+        );
+        return;
+    }
+    // Other host users cannot browse the qube's mounted volumes.
     for d in ["vol", "volatile"] {
         let m = std::fs::metadata(base.join(d)).unwrap();
         assert_eq!(m.mode() & 0o077, 0, "{d} is mode {:o}", m.mode() & 0o7777);
@@ -331,9 +449,11 @@ fn root_in_a_qube_cannot_load_modules_see_the_host_mount_disks_or_write_outside(
 fn a_qube_over_its_memory_limit_is_contained(mode: &str) {
     let e = env_or_skip!("e2e5", mode);
     e.create(&e.q("work"));
-    e.ok(&["prefs", &e.q("work"), "memory", "64"]);
-    e.ok(&["prefs", &e.q("work"), "maxmem", "64"]);
-    // 200 MB held in one shell variable: far over 64 MiB.
+    // A VM needs room for its own kernel and initramfs.
+    let mem = if e.mode == "vm" { "128" } else { "64" };
+    e.ok(&["prefs", &e.q("work"), "memory", mem]);
+    e.ok(&["prefs", &e.q("work"), "maxmem", mem]);
+    // 200 MB held in one shell variable: far over the qube's memory.
     let (code, _) = e.sh(
         &e.q("work"),
         "user",
@@ -368,8 +488,13 @@ fn daemon_restart_readopts_running_qubes_and_autostart_starts_qubes(mode: &str) 
         e.d.dir
             .path()
             .join(format!("qubes/{}/instance.json", e.q("work")));
+    let key = if e.mode == "vm" {
+        "qemu_pid"
+    } else {
+        "helper_pid"
+    };
     let helper = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&rec).unwrap())
-        .unwrap()["data"]["helper_pid"]
+        .unwrap()["data"][key]
         .as_u64()
         .unwrap();
     std::fs::remove_file(&rec).unwrap();
@@ -389,12 +514,16 @@ fn daemon_restart_readopts_running_qubes_and_autostart_starts_qubes(mode: &str) 
 }
 
 fn init_pid(e: &Env, vm: &str) -> i32 {
-    // The agent (PID 1 in the qube) is the qube's process whose parent is
-    // the nsinit helper; find it through the helper's children.
+    // On ns the agent (PID 1 in the qube); on vm the whole VM (QEMU).
     let rec = std::fs::read_to_string(e.d.dir.path().join(format!("qubes/{vm}/instance.json")))
         .expect("instance record");
     let v: serde_json::Value = serde_json::from_str(&rec).unwrap();
-    v["data"]["init_pid"].as_i64().expect("init_pid") as i32
+    let key = if e.mode == "vm" {
+        "qemu_pid"
+    } else {
+        "init_pid"
+    };
+    v["data"][key].as_i64().expect("init pid") as i32
 }
 
 fn kill_9_of_a_qubes_init_is_noticed_and_reported(mode: &str) {
@@ -1028,4 +1157,146 @@ fn calls_to_dispvm_run_in_a_fresh_disposable_that_is_then_removed(mode: &str) {
         )
         .1;
     assert!(out.ends_with("rc=126\n"), "{out}");
+}
+
+/// Fields of `/proc/<pid>/status`, by name.
+fn proc_status(pid: i32) -> std::collections::HashMap<String, String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+fn the_vmm_runs_jailed_and_cannot_open_another_qubes_volume(mode: &str) {
+    let e = env_or_skip!("e2e15", mode);
+    let (a, b) = (e.q("a"), e.q("b"));
+    e.create(&a);
+    e.create(&b);
+    assert_eq!(e.sh(&a, "user", "echo a-secret > ~/s").0, 0);
+    assert_eq!(e.sh(&b, "user", "echo b-secret > ~/s").0, 0);
+    let pid = init_pid(&e, &a);
+    let st = proc_status(pid);
+    // An unprivileged uid of its own, no capabilities, no way to regain
+    // any, QEMU's seccomp filter on.
+    let uid: u32 = st["Uid"]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(uid >= 65536, "QEMU runs as uid {uid}");
+    assert_eq!(st["CapEff"], "0000000000000000");
+    assert_eq!(st["CapPrm"], "0000000000000000");
+    assert_eq!(st["NoNewPrivs"], "1");
+    assert_eq!(st["Seccomp"], "2", "no seccomp filter");
+    let gid: u32 = st["Gid"]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Another qube's QEMU runs as another uid.
+    let other = proc_status(init_pid(&e, &b));
+    assert_ne!(other["Uid"], st["Uid"]);
+    // Its own mount and network namespaces.
+    for ns in ["mnt", "net", "ipc", "uts"] {
+        assert_ne!(
+            std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap(),
+            std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap(),
+            "{ns} namespace shared with the host"
+        );
+    }
+    // Its root holds programs, its kernel and its sockets: no volumes, no
+    // state, no host sockets.
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .unwrap()
+        .flatten()
+        .map(|x| x.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for n in &names {
+        assert!(
+            [
+                "bin", "dev", "etc", "kernel", "lib", "lib32", "lib64", "libx32", "sbin", "usr",
+                "vmm"
+            ]
+            .contains(&n.as_str()),
+            "unexpected {n} in QEMU's root: {names:?}"
+        );
+    }
+    // As QEMU's uid inside its namespaces, the other qube's volumes (and
+    // its own) cannot be opened by path: they do not exist there.
+    let pool = e.d.state_dir().join("pools/default/appvms");
+    let b_img = std::fs::read_dir(pool.join(&b))
+        .unwrap()
+        .flatten()
+        .map(|x| x.path())
+        .find(|p| p.to_string_lossy().ends_with(".img"))
+        .expect("b has an image");
+    assert!(b_img.exists());
+    let o = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "-n", "-r", "-w"])
+        .args(["-S", &uid.to_string(), "-G", &gid.to_string()])
+        .arg("--")
+        .arg("/bin/cat")
+        .arg(&b_img)
+        .output()
+        .expect("nsenter (util-linux)");
+    assert!(
+        !o.status.success(),
+        "QEMU's jail could read {}",
+        b_img.display()
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("No such file"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Its descriptors: its own qube's images, nothing of the other's.
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|x| std::fs::read_link(x.path()).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let b_dir = pool.join(&b).to_string_lossy().into_owned();
+    let a_dir = pool.join(&a).to_string_lossy().into_owned();
+    assert!(!fds.iter().any(|f| f.starts_with(&b_dir)), "{fds:?}");
+    assert!(fds.iter().any(|f| f.starts_with(&a_dir)), "{fds:?}");
+    // Both qubes still work, each with its own data.
+    assert_eq!(e.sh(&a, "user", "cat ~/s").1, "a-secret\n");
+    assert_eq!(e.sh(&b, "user", "cat ~/s").1, "b-secret\n");
+}
+
+fn the_accelerator_is_chosen_by_trial_and_shown(mode: &str) {
+    let e = env_or_skip!("e2e16", mode);
+    let a = e.q("a");
+    e.create(&a);
+    e.ok(&["start", &a]);
+    let state = e.d.ok("admin.vm.CurrentState", "", &a, b"");
+    let accel = state
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("accelerator="))
+        .unwrap_or_else(|| panic!("no accelerator in CurrentState: {state}"))
+        .to_string();
+    assert!(accel == "kvm" || accel == "tcg", "{state}");
+    // The verdict came from a trial, cached for this boot.
+    let cache: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(e.d.dir.path().join("vm-accel.json")).expect("verdict cache"),
+    )
+    .unwrap();
+    assert_eq!(cache["accel"].as_str().unwrap().to_lowercase(), accel);
+    if accel == "tcg" {
+        assert!(cache["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    }
+    // QEMU was started with it, and `bulkhead ls` says so.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", init_pid(&e, &a))).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(cmdline.contains(&format!("-accel {accel}")), "{cmdline}");
+    let ls = e.ok(&["ls", "-O", "name,isolation", &a]);
+    assert!(ls.contains(&format!("vm({accel})")), "{ls}");
+    let ls = e.ok(&["ls", "--json", &a]);
+    assert!(ls.contains(&format!("\"vm({accel})\"")), "{ls}");
 }

@@ -10,6 +10,7 @@
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod cpu;
 pub mod fdpass;
 pub mod fs;
 pub mod loopdev;

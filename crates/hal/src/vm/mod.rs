@@ -154,6 +154,12 @@ pub struct QemuConfig {
     pub disks: Vec<Disk>,
 }
 
+/// The host's TSC frequency, measured once.
+fn tsc_khz() -> Option<u64> {
+    static KHZ: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *KHZ.get_or_init(|| bulkhead_sys::cpu::tsc_khz(Duration::from_millis(20)))
+}
+
 /// Host paths of one qube's run directory.
 struct Dirs {
     vmm: PathBuf,
@@ -181,7 +187,7 @@ fn qemu_args(spec: &QubeSpec, vm: &crate::VmSpec, accel: Accel) -> Vec<String> {
         Accel::Kvm => push(&["-accel", "kvm"]),
         Accel::Tcg => push(&[
             "-accel",
-            &format!("tcg,tb-size={TCG_TB_MIB}"),
+            &format!("tcg,thread=single,tb-size={TCG_TB_MIB}"),
             "-cpu",
             "max",
         ]),
@@ -198,6 +204,14 @@ fn qemu_args(spec: &QubeSpec, vm: &crate::VmSpec, accel: Accel) -> Vec<String> {
     if !vm.kernelopts.trim().is_empty() {
         cmdline.push(' ');
         cmdline.push_str(vm.kernelopts.trim());
+    }
+    if accel == Accel::Tcg {
+        // The guest's TSC runs at the host's rate; calibrating it against
+        // the emulated PIT fails on a busy host and the boot hangs.
+        if let Some(khz) = tsc_khz() {
+            cmdline.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
+        }
+        cmdline.push_str(" no_timer_check");
     }
     push(&["-append", &cmdline]);
     push(&["-serial", "stdio"]);
