@@ -116,6 +116,7 @@ conformance!(
     vm_only: [
         the_vmm_runs_jailed_and_cannot_open_another_qubes_volume,
         the_accelerator_is_chosen_by_trial_and_shown,
+        memory_maxmem_and_vcpus_are_honoured,
     ],
 );
 
@@ -1301,4 +1302,37 @@ fn the_accelerator_is_chosen_by_trial_and_shown(mode: &str) {
     assert!(ls.contains(&format!("vm({accel})")), "{ls}");
     let ls = e.ok(&["ls", "--json", &a]);
     assert!(ls.contains(&format!("\"vm({accel})\"")), "{ls}");
+}
+
+fn memory_maxmem_and_vcpus_are_honoured(mode: &str) {
+    let e = env_or_skip!("e2e17", mode);
+    let a = e.q("a");
+    e.create(&a);
+    e.ok(&["prefs", &a, "vcpus", "1"]);
+    e.ok(&["prefs", &a, "memory", "160"]);
+    e.ok(&["prefs", &a, "maxmem", "400"]);
+    // Booted with maxmem, ballooned down to memory once its driver loads.
+    let total = |e: &Env| -> u64 {
+        let (_, out) = e.sh(&a, "user", "grep MemTotal /proc/meminfo");
+        out.split_whitespace().nth(1).and_then(|k| k.parse().ok()).unwrap_or(0)
+    };
+    assert_eq!(e.sh(&a, "user", "grep -c ^processor /proc/cpuinfo").1, "1\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut kib = total(&e);
+    while kib > 200 * 1024 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        kib = total(&e);
+    }
+    assert!(
+        (100 * 1024..=200 * 1024).contains(&kib),
+        "MemTotal {kib} KiB: not ballooned to 160 MiB"
+    );
+    // Without maxmem above memory the guest gets exactly memory, no balloon.
+    e.ok(&["shutdown", "--wait", &a]);
+    e.ok(&["prefs", &a, "maxmem", "0"]);
+    e.ok(&["prefs", &a, "memory", "300"]);
+    e.ok(&["prefs", &a, "vcpus", "2"]);
+    let kib = total(&e);
+    assert!((250 * 1024..=300 * 1024).contains(&kib), "{kib}");
+    assert_eq!(e.sh(&a, "user", "grep -c ^processor /proc/cpuinfo").1, "2\n");
 }
