@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Bulkhead quick start: build, install, start the daemon, build the minimal
-# template, create qubes from it and run a command in work and personal.
+# Bulkhead quick start: build, install, start the daemon, install a guest
+# kernel, build the minimal template, create qubes from it and run a command
+# in work and personal — each a QEMU microVM (KVM if a test guest boots under
+# it, else TCG software emulation; `bulkhead ls` shows which).
 #
 #   sudo ./scripts/quickstart.sh
 #
@@ -8,7 +10,9 @@
 # (used by CI to stay off the system paths): BULKHEAD_PREFIX (/usr/local),
 # BULKHEAD_STATE_DIR (/var/lib/bulkhead), BULKHEAD_SOCKET
 # (/run/bulkhead/qubesd.sock), BULKHEAD_POLICY_DIR (/etc/bulkhead/policy.d),
-# BULKHEAD_NO_SERVICE=1 (start with --detach even where systemd runs).
+# BULKHEAD_NO_SERVICE=1 (start with --detach even where systemd runs),
+# BULKHEAD_VIRT_MODE=ns (namespace sandboxes instead of VMs: for hosts
+# without QEMU; weaker isolation).
 set -euo pipefail
 
 PREFIX=${BULKHEAD_PREFIX:-/usr/local}
@@ -38,8 +42,11 @@ step "Installing system packages"
 if command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # busybox-static + e2fsprogs: the minimal template; util-linux: loop devices.
-    apt-get install -y -qq --no-install-recommends passwd util-linux busybox-static e2fsprogs >/dev/null
+    # busybox-static + e2fsprogs: the minimal template; util-linux: loop devices;
+    # qemu-system-x86: the vm backend (the guest kernel comes from Debian's
+    # linux-image-cloud-amd64, fetched by `bulkhead kernel install`).
+    apt-get install -y -qq --no-install-recommends passwd util-linux busybox-static e2fsprogs \
+        qemu-system-x86 >/dev/null
 fi
 
 step "Building (release)"
@@ -48,7 +55,7 @@ cargo build --release --locked --bins
 step "Installing to $PREFIX"
 install -d "$PREFIX/bin" "$PREFIX/share/doc/bulkhead"
 install -m 0755 target/release/bulkheadd target/release/bulkhead \
-    target/release/bulkhead-nsinit target/release/bulkhead-agent \
+    target/release/bulkhead-nsinit target/release/bulkhead-vmm target/release/bulkhead-agent \
     target/release/bulkhead-qrexec-relay "$PREFIX/bin/"
 # The default qrexec policy (Qubes' 90-default equivalent); your own rules
 # go in files that sort earlier (30-user.policy…).
@@ -95,9 +102,15 @@ else
     "$B" template build minimal
 fi
 "$B" global-prefs default_template minimal
-# The VM backend (QEMU) is not built yet: qubes run in namespace sandboxes,
-# which `bulkhead ls` shows as ns(weaker).
-"$B" global-prefs default_virt_mode ns
+VIRT_MODE=${BULKHEAD_VIRT_MODE:-vm}
+"$B" global-prefs default_virt_mode "$VIRT_MODE"
+if [ "$VIRT_MODE" = vm ]; then
+    step "Installing the guest kernel (Debian's linux-image-cloud-amd64 + Bulkhead's initramfs)"
+    # Re-installed on every run so the initramfs carries the installed agent.
+    "$B" kernel install
+    # The first vm start finds out whether KVM really works (a test guest
+    # boots under it, or not within seconds: then TCG).
+fi
 
 step "Creating qubes"
 mk sys-net -l red --prop provides_network=True

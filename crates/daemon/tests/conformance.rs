@@ -1314,9 +1314,15 @@ fn memory_maxmem_and_vcpus_are_honoured(mode: &str) {
     // Booted with maxmem, ballooned down to memory once its driver loads.
     let total = |e: &Env| -> u64 {
         let (_, out) = e.sh(&a, "user", "grep MemTotal /proc/meminfo");
-        out.split_whitespace().nth(1).and_then(|k| k.parse().ok()).unwrap_or(0)
+        out.split_whitespace()
+            .nth(1)
+            .and_then(|k| k.parse().ok())
+            .unwrap_or(0)
     };
-    assert_eq!(e.sh(&a, "user", "grep -c ^processor /proc/cpuinfo").1, "1\n");
+    assert_eq!(
+        e.sh(&a, "user", "grep -c ^processor /proc/cpuinfo").1,
+        "1\n"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut kib = total(&e);
     while kib > 200 * 1024 && Instant::now() < deadline {
@@ -1334,5 +1340,8 @@ fn memory_maxmem_and_vcpus_are_honoured(mode: &str) {
     e.ok(&["prefs", &a, "vcpus", "2"]);
     let kib = total(&e);
     assert!((250 * 1024..=300 * 1024).contains(&kib), "{kib}");
-    assert_eq!(e.sh(&a, "user", "grep -c ^processor /proc/cpuinfo").1, "2\n");
+    assert_eq!(
+        e.sh(&a, "user", "grep -c ^processor /proc/cpuinfo").1,
+        "2\n"
+    );
 }

@@ -17,3 +17,5 @@ pub mod loopdev;
 pub mod mount;
 pub mod net;
 pub mod process;
+#[cfg(feature = "seccomp")]
+pub mod seccomp;

@@ -51,6 +51,8 @@ struct Inner {
     side: Side,
     accept: Box<Accept>,
     dead: AtomicBool,
+    /// Stream threads still running.
+    threads: AtomicU32,
     /// Our HELLO is out: frames may follow.
     ready: Mutex<bool>,
     ready_cv: Condvar,
@@ -98,6 +100,7 @@ impl Mux {
                 side,
                 accept,
                 dead: AtomicBool::new(false),
+                threads: AtomicU32::new(0),
                 ready: Mutex::new(false),
                 ready_cv: Condvar::new(),
             }),
@@ -107,6 +110,19 @@ impl Mux {
     /// Streams open now.
     pub fn open_streams(&self) -> usize {
         self.inner.streams().len()
+    }
+
+    /// Waits (up to `timeout`) until no stream thread runs any more, e.g.
+    /// after [`Mux::run`] returned; whether that happened.
+    pub fn wait_idle(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.inner.threads.load(Ordering::Acquire) > 0 {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        true
     }
 
     /// Opens a stream to the peer's `port`, spliced to `local`.
@@ -235,16 +251,14 @@ impl Mux {
                     (s, rx)
                 };
                 // Connecting may wait on a full backlog: never on this thread.
-                let inner = inner.clone();
-                let spawned = std::thread::Builder::new()
-                    .stack_size(STACK)
-                    .spawn(move || match (inner.accept)(port) {
-                        Ok(sock) => inner.start(s, rx, sock),
-                        Err(_) => {
-                            inner.streams().remove(&s.id);
-                            let _ = inner.send(&Frame::Close { stream: s.id });
-                        }
-                    });
+                let i2 = inner.clone();
+                let spawned = inner.spawn(move || match (i2.accept)(port) {
+                    Ok(sock) => i2.start(s, rx, sock),
+                    Err(_) => {
+                        i2.streams().remove(&s.id);
+                        let _ = i2.send(&Frame::Close { stream: s.id });
+                    }
+                });
                 if spawned.is_err() {
                     self.inner.streams().remove(&stream);
                     self.inner.send(&Frame::Close { stream })?;
@@ -337,6 +351,25 @@ impl Inner {
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs `f` on a stream thread of its own (counted for [`Mux::wait_idle`]).
+    fn spawn(self: &Arc<Self>, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
+        struct Done(Arc<Inner>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.threads.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.threads.fetch_add(1, Ordering::AcqRel);
+        let done = Done(self.clone());
+        std::thread::Builder::new()
+            .stack_size(STACK)
+            .spawn(move || {
+                let _done = done;
+                f()
+            })
+            .map(|_| ())
+    }
+
     fn set_ready(&self) {
         *self.ready.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.ready_cv.notify_all();
@@ -366,17 +399,13 @@ impl Inner {
             s.shutdown();
         }
         let (i2, s2) = (self.clone(), s.clone());
-        let w = std::thread::Builder::new()
-            .stack_size(STACK)
-            .spawn(move || i2.write_local(&s2, rx, local));
+        let w = self.spawn(move || i2.write_local(&s2, rx, local));
         if w.is_err() {
             s.shutdown();
             self.finish(&s);
         }
         let (i3, s3) = (self.clone(), s.clone());
-        let r = std::thread::Builder::new()
-            .stack_size(STACK)
-            .spawn(move || i3.read_local(&s3, reader_sock));
+        let r = self.spawn(move || i3.read_local(&s3, reader_sock));
         if r.is_err() {
             s.shutdown();
             self.finish(&s);

@@ -102,8 +102,18 @@ fn many_concurrent_streams_all_complete() {
 fn a_refused_open_closes_the_stream() {
     let dir = tempdir();
     let (host, _guest) = pair(echo_listener(&dir));
-    // The guest end accepts nothing: the caller sees EOF at once.
-    assert_eq!(call(&host, b"anyone?"), b"");
+    // The guest end accepts nothing: the caller's connection ends at once
+    // (EOF, or a reset when what it wrote was never read).
+    let (mine, theirs) = UnixStream::pair().unwrap();
+    host.open(port::AGENT, theirs).unwrap();
+    let _ = (&mine).write_all(b"anyone?");
+    let mut r = mine;
+    r.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = Vec::new();
+    match r.read_to_end(&mut out) {
+        Ok(_) => assert!(out.is_empty()),
+        Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}"),
+    }
 }
 
 /// Raw frames from a hostile guest into a host end.

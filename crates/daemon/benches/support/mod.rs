@@ -29,6 +29,11 @@ impl Daemon {
     /// Starts `bulkheadd` with its state, socket and `policy.d` under `dir`,
     /// builds the minimal template as `template` and makes `ns` the default.
     pub fn start(dir: &Path, template: &str) -> Daemon {
+        Self::start_mode(dir, template, "ns")
+    }
+
+    /// As [`Daemon::start`], with `mode` (`ns` or `vm`) the default virt_mode.
+    pub fn start_mode(dir: &Path, template: &str, mode: &str) -> Daemon {
         std::fs::create_dir_all(dir.join("policy.d")).unwrap();
         let socket = dir.join("qubesd.sock");
         let child = Command::new(bin("bulkheadd"))
@@ -54,7 +59,7 @@ impl Daemon {
             dir: dir.to_path_buf(),
         };
         d.cli(&["template", "build", "minimal", "--name", template]);
-        d.cli(&["global-prefs", "default_virt_mode", "ns"]);
+        d.cli(&["global-prefs", "default_virt_mode", mode]);
         d
     }
 

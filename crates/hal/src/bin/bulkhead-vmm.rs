@@ -5,6 +5,16 @@
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // Proof for the tests that the channel helper's sandbox holds: install
+    // it, then try something it forbids (creating a directory).
+    if args.get(1).map(String::as_str) == Some("selftest-seccomp") {
+        if let Err(e) = bulkhead_hal::vm::chan::sandbox() {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+        let _ = std::fs::create_dir("/tmp/bulkhead-vmm-selftest");
+        std::process::exit(0);
+    }
     let (Some(mode), Some(cfg)) = (args.get(1), args.get(2)) else {
         eprintln!(
             "bulkhead-vmm: run by bulkheadd only (usage: bulkhead-vmm qemu|chan CONFIG_JSON)"

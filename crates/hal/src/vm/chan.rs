@@ -8,7 +8,8 @@
 //! - connections to `/vmm/control.sock` become control streams (`shutdown`);
 //! - streams the guest opens reach the relay at `/channel/relay.sock`.
 //!
-//! Everything the guest sends is parsed here, never in bulkheadd. The
+//! Everything the guest sends is parsed here, never in bulkheadd, under a
+//! seccomp allowlist ([`ALLOW`]) installed once the sockets are set up. The
 //! helper ends when QEMU closes the chardev (the qube stopped).
 
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::jail::{self, JailSpec};
+use bulkhead_sys::seccomp::{apply_allowlist, Call, NO_FILES, RUNTIME};
 use bulkhead_vmchan::{port, Mux, Side};
 
 /// Inside the jail: QEMU's sockets and the qube's channel directory.
@@ -29,6 +31,39 @@ pub const CHARDEV_SOCKET: &str = "chan.sock";
 pub const CONTROL_SOCKET: &str = "control.sock";
 /// The relay's listening socket, relative to the channel dir.
 pub const RELAY_SOCKET: &str = "relay.sock";
+
+/// The helper's own calls once running (besides the threaded runtime's).
+/// Not allowed: `sendmsg`/`recvmsg` (no descriptor passing), non-unix
+/// sockets, files.
+pub const ALLOW: &[Call] = &[
+    ("read", libc::SYS_read, "the link and local sockets"),
+    ("write", libc::SYS_write, "the link, local sockets, the log"),
+    ("recvfrom", libc::SYS_recvfrom, "socket reads"),
+    ("sendto", libc::SYS_sendto, "socket writes"),
+    (
+        "accept4",
+        libc::SYS_accept4,
+        "connections to the agent and control sockets",
+    ),
+    (
+        "connect",
+        libc::SYS_connect,
+        "streams the guest opens reach the relay",
+    ),
+    ("shutdown", libc::SYS_shutdown, "half-closing a stream"),
+    ("close", libc::SYS_close, "closing sockets"),
+    (
+        "fcntl",
+        libc::SYS_fcntl,
+        "duplicating a socket for the second direction",
+    ),
+];
+
+/// Installs the helper's seccomp filters (also used by the self-test).
+pub fn sandbox() -> Result<(), String> {
+    let allow: Vec<Call> = ALLOW.iter().chain(RUNTIME).copied().collect();
+    apply_allowlist(&allow, NO_FILES)
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChanConfig {
@@ -101,6 +136,7 @@ fn run_inner(cfg: &ChanConfig) -> Result<(), String> {
         mux.clone(),
         port::CONTROL,
     );
+    sandbox()?;
     mux.run(link)
         .map_err(|e| format!("the guest broke the channel protocol: {e}"))
 }

@@ -1,0 +1,248 @@
+//! `vm` backend benchmark through the real daemon: start → qrexec-ready
+//! (median, p95) with fixed memory and with Qubes' default memory/maxmem
+//! (balloon), host memory of an idle qube (QEMU, channel helper, relay),
+//! qrexec call latency and `qvm-copy` throughput over the guest channel.
+//! Prints figures and the accelerator they were taken with; asserts nothing.
+//! Under TCG (no usable KVM) the figures measure software emulation.
+//!
+//! Run (as root): `cargo build --release --workspace && cargo bench -p bulkheadd --bench vm`
+//! (the kernel comes from `$BULKHEAD_KERNEL_DEB`, else `apt-get download`).
+
+mod support;
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bulkhead_proto::qrexec::Message;
+use bulkhead_proto::qrexec_io::{hello, recv, send};
+use support::{bin, pct, Daemon};
+
+fn report(label: &str, mut v: Vec<Duration>) {
+    v.sort();
+    println!(
+        "{label:<52} n={:<3} median {:>8.1} ms   p95 {:>8.1} ms",
+        v.len(),
+        pct(&v, 0.5).as_secs_f64() * 1e3,
+        pct(&v, 0.95).as_secs_f64() * 1e3,
+    );
+}
+
+fn ready(d: &Daemon, q: &str) -> Duration {
+    let t = Instant::now();
+    d.cli(&["start", q]);
+    let link = std::fs::read_link(d.dir.join(format!("qrexec.{q}"))).expect("qube started");
+    let code = bulkhead_hal::guest::exec(
+        &link,
+        "user",
+        "true",
+        std::io::empty(),
+        std::io::sink(),
+        std::io::sink(),
+    )
+    .expect("exec");
+    assert_eq!(code, 0);
+    t.elapsed()
+}
+
+fn rss_kib(pid: u64) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Pids of `name`'s processes whose command line starts with `prefix`.
+fn pids(prefix: &str, qube: &str) -> Vec<u64> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|p| {
+            let c = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            c.contains(prefix) && c.contains(&format!("/qubes/{qube}/"))
+        })
+        .collect()
+}
+
+/// One call from a qube's relay socket, as `qrexec-client-vm` makes it.
+fn call(relay: &Path, target: &str, service: &str) -> u32 {
+    let mut s = UnixStream::connect(relay).unwrap();
+    let (mut dec, _) = hello(&mut s).unwrap();
+    send(
+        &mut s,
+        &Message::TriggerService3 {
+            target_domain: target.into(),
+            ident: "SOCKET1".into(),
+            service_name: service.into(),
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        recv(&mut s, &mut dec).unwrap(),
+        Some(Message::ServiceConnect { .. })
+    ));
+    send(&mut s, &Message::DataStdin(vec![])).unwrap();
+    loop {
+        match recv(&mut s, &mut dec).unwrap() {
+            Some(Message::ExitCode(c)) => return c,
+            Some(_) => {}
+            None => panic!("no exit code"),
+        }
+    }
+}
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("vm bench: needs root; skipped");
+        return;
+    }
+    if !Path::new(bulkhead_hal::vm::QEMU).exists() {
+        println!("vm bench: QEMU missing (apt-get install qemu-system-x86); skipped");
+        return;
+    }
+    for b in [
+        "bulkhead",
+        "bulkhead-agent",
+        "bulkhead-vmm",
+        "bulkhead-qrexec-relay",
+    ] {
+        if !bin(b).exists() {
+            println!("vm bench: {b} not built; run `cargo build --release --workspace` first");
+            return;
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("bulkhead-vm-bench-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("policy.d")).unwrap();
+    std::fs::write(
+        dir.join("policy.d/30-bench.policy"),
+        "test.True * @anyvm @anyvm allow\nqubes.Filecopy * @anyvm @anyvm allow\n",
+    )
+    .unwrap();
+    let d = Daemon::start_mode(&dir, "minimal", "vm");
+    let mut install = vec!["kernel", "install"];
+    let deb = std::env::var("BULKHEAD_KERNEL_DEB").unwrap_or_default();
+    if !deb.is_empty() {
+        install.extend(["--deb", deb.as_str()]);
+    }
+    d.cli(&install);
+    d.cli(&["prefs", "minimal", "memory", "256"]);
+    d.cli(&["prefs", "minimal", "maxmem", "0"]);
+    d.cli(&["create", "-t", "minimal", "-l", "red", "va"]);
+    d.cli(&["create", "-t", "minimal", "-l", "red", "vb"]);
+
+    // The first start also runs the accelerator trial (cached afterwards).
+    let t = Instant::now();
+    d.cli(&["start", "va"]);
+    println!(
+        "first vm start of this boot (incl. accelerator trial) {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let state = d.cli(&["ls", "-O", "name,isolation", "va"]);
+    println!("accelerator: {}", state.lines().last().unwrap_or("").trim());
+    d.cli(&["shutdown", "--wait", "va"]);
+
+    let mut starts = Vec::new();
+    let mut stops = Vec::new();
+    for _ in 0..10 {
+        starts.push(ready(&d, "va"));
+        let t = Instant::now();
+        d.cli(&["shutdown", "--wait", "va"]);
+        stops.push(t.elapsed());
+    }
+    report("start -> qrexec-ready (memory 256, no balloon)", starts);
+    report("shutdown --wait (agent poweroff + commit)", stops);
+    d.cli(&["prefs", "vb", "memory", "400"]);
+    d.cli(&["prefs", "vb", "maxmem", "4000"]);
+    let mut starts = Vec::new();
+    for _ in 0..5 {
+        starts.push(ready(&d, "vb"));
+        d.cli(&["shutdown", "--wait", "vb"]);
+    }
+    report(
+        "start -> qrexec-ready (Qubes' 400/4000 MiB, balloon)",
+        starts,
+    );
+    d.cli(&["prefs", "vb", "memory", "256"]);
+    d.cli(&["prefs", "vb", "maxmem", "0"]);
+
+    // Idle host memory.
+    ready(&d, "va");
+    std::thread::sleep(Duration::from_secs(5));
+    let sum = |pfx: &str| pids(pfx, "va").iter().map(|p| rss_kib(*p)).sum::<u64>();
+    let (qemu, chan) = (sum("qemu-system"), sum("bulkhead-vmm chan"));
+    let relay = pids("bulkhead-qrexec-relay", "va")
+        .iter()
+        .map(|p| rss_kib(*p))
+        .sum::<u64>();
+    println!(
+        "idle qube host RSS: QEMU {:.1} MiB (guest RAM 256 MiB, touched pages count), channel helper {:.1} MiB, relay {:.1} MiB",
+        qemu as f64 / 1024.0,
+        chan as f64 / 1024.0,
+        relay as f64 / 1024.0
+    );
+
+    // qrexec over the guest channel: from va's relay to vb's agent.
+    d.cli(&[
+        "run", "-u", "root", "vb", "--", "sh", "-c",
+        "mkdir -p /usr/local/etc/qubes-rpc && printf '#!/bin/sh\\nexit 0\\n' > /usr/local/etc/qubes-rpc/test.True && chmod +x /usr/local/etc/qubes-rpc/test.True",
+    ]);
+    let relay = d.dir.join("qubes/va/run/channel/relay.sock");
+    for _ in 0..10 {
+        call(&relay, "vb", "test.True");
+    }
+    let lat: Vec<Duration> = (0..100)
+        .map(|_| {
+            let t = Instant::now();
+            assert_eq!(call(&relay, "vb", "test.True"), 0);
+            t.elapsed()
+        })
+        .collect();
+    report("qrexec call into a running vm qube", lat);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..256)
+            .map(|_| s.spawn(|| call(&relay, "vb", "test.True")))
+            .collect();
+        let ok = hs
+            .into_iter()
+            .filter_map(|h| h.join().ok())
+            .filter(|c| *c == 0)
+            .count();
+        assert_eq!(ok, 256);
+    });
+    println!(
+        "256 concurrent calls into vb                         {:.0} ms total",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    // qvm-copy of 256 MiB, guest to guest through both channels.
+    d.cli(&[
+        "run",
+        "va",
+        "--",
+        "sh",
+        "-c",
+        "head -c 268435456 /dev/zero > /tmp/big",
+    ]);
+    let mut times = vec![];
+    for _ in 0..3 {
+        d.cli(&["run", "vb", "--", "rm", "-rf", "/home/user/QubesIncoming"]);
+        let t = Instant::now();
+        d.cli(&["run", "va", "--", "qvm-copy-to-vm", "vb", "/tmp/big"]);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let med = times[1].as_secs_f64();
+    println!(
+        "qvm-copy-to-vm 256 MiB file, va -> vb               median of 3: {:.2} s ({:.0} MB/s)",
+        med,
+        (256u64 << 20) as f64 / med / 1e6
+    );
+    let _ = std::io::stdout().flush();
+}
