@@ -251,7 +251,6 @@ pub fn is_vm() -> bool {
 
 /// Stage-2 setup as PID 1: the mounts and names `nsinit` provides on `ns`.
 pub fn stage2_setup() {
-    let none: Option<&str> = None;
     let _ = mnt(
         "devpts",
         "/dev/pts",
@@ -266,7 +265,6 @@ pub fn stage2_setup() {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=1777"),
     );
-    let _ = none;
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     if let Some(name) = cmdline
         .split_whitespace()

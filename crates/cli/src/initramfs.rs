@@ -183,6 +183,27 @@ fn libraries(bin: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The agent without debug information when `strip` (binutils) is there:
+/// a smaller initramfs unpacks faster at every boot.
+fn stripped(agent: &Path) -> Result<Vec<u8>> {
+    let tmp = std::env::temp_dir().join(format!("bulkhead-init-{}", std::process::id()));
+    let ok = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&tmp)
+        .arg(agent)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let data = if ok {
+        std::fs::read(&tmp).with_context(|| format!("read {}", tmp.display()))
+    } else {
+        std::fs::read(agent).with_context(|| format!("read {}", agent.display()))
+    };
+    let _ = std::fs::remove_file(&tmp);
+    data
+}
+
 /// Builds the initramfs for the kernel whose modules are in `modules_dir`.
 pub fn build(agent: &Path, modules_dir: &Path, out: &Path) -> Result<()> {
     let f = std::fs::File::create(out).with_context(|| format!("create {}", out.display()))?;
@@ -202,8 +223,7 @@ pub fn build(agent: &Path, modules_dir: &Path, out: &Path) -> Result<()> {
     // The kernel opens it for init's stdio before /dev is mounted.
     c.char_dev("dev/console", 0o600, 5, 1)?;
     c.char_dev("dev/null", 0o666, 1, 3)?;
-    let data = std::fs::read(agent).with_context(|| format!("read {}", agent.display()))?;
-    c.file("init", 0o755, &data)?;
+    c.file("init", 0o755, &stripped(agent)?)?;
     let mut dirs: Vec<String> = Vec::new();
     for lib in libraries(agent)? {
         let p = Path::new(&lib);

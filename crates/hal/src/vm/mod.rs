@@ -290,13 +290,14 @@ fn start(b: &VmBackend, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
         use std::os::unix::fs::PermissionsExt;
         let g = Some(Gid::from_raw(qube_uid));
         // QEMU (the VMM uid, the qube's group) and the channel helper (the
-        // qube's uid and group) meet in vmm/; the relay and the helper in channel/.
+        // qube's uid and group) meet in vmm/ — sticky, so neither can
+        // replace the other's sockets; the relay and the helper in channel/.
         io(
             chown(d.vmm.as_path(), Some(Uid::from_raw(0)), g).map_err(Into::into),
             || format!("chown {}", d.vmm.display()),
         )?;
         io(
-            fs::set_permissions(&d.vmm, fs::Permissions::from_mode(0o770)),
+            fs::set_permissions(&d.vmm, fs::Permissions::from_mode(0o1770)),
             || format!("chmod {}", d.vmm.display()),
         )?;
         io(
