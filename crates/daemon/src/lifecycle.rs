@@ -36,8 +36,10 @@ pub const UID_BASE: u32 = 0x1000_0000;
 pub const UID_RANGE: u32 = 65536;
 /// Most processes in one qube.
 pub const MAX_PIDS: u32 = 4096;
-/// The vm backend's accelerator verdict, in the run dir.
-const ACCEL_CACHE: &str = "vm-accel.json";
+/// The vm backend's accelerator verdict: a fact about this host boot (the
+/// key inside names the boot and QEMU), shared by every daemon on the host
+/// so only the first vm start after a reboot pays for the trial.
+pub const ACCEL_CACHE: &str = "/run/bulkhead-vm-accel.json";
 /// How often running qubes are checked for an unexpected exit.
 const MONITOR_PERIOD: Duration = Duration::from_millis(100);
 
@@ -91,7 +93,7 @@ impl Runtime {
         let helpers = bulkhead_hal::Helpers {
             nsinit: cfg.nsinit,
             vmm: cfg.vmm,
-            accel_cache: run_dir.join(ACCEL_CACHE),
+            accel_cache: PathBuf::from(ACCEL_CACHE),
         };
         let backends = ["vm", "ns"]
             .iter()
@@ -142,7 +144,7 @@ impl Runtime {
 
     /// Where the vm backend caches its accelerator verdict (per host boot).
     pub fn accel_cache(&self) -> PathBuf {
-        self.run_dir.join(ACCEL_CACHE)
+        PathBuf::from(ACCEL_CACHE)
     }
 
     /// Console log of a qube.
