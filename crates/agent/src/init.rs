@@ -10,6 +10,23 @@ use nix::unistd::Pid;
 /// How long processes get to exit after SIGTERM before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// Raises PID 1's descriptor limit (inherited by services): each call in
+/// flight holds a socket and three pipes (and, in a vm qube, a channel
+/// stream), so the default soft limit of 1024 would cap a qube at a couple
+/// of hundred concurrent calls. In a VM the guest's root may go higher than
+/// the hard limit; in a namespace only up to it.
+pub fn raise_fd_limit(vm: bool) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    const WANT: u64 = 65536;
+    let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if vm && hard < WANT && setrlimit(Resource::RLIMIT_NOFILE, WANT, WANT).is_ok() {
+        return;
+    }
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(WANT.max(1024)), hard);
+}
+
 /// Boot-time setup: every regular user (uid ≥ 1000) whose home under
 /// `/home` is missing gets one, filled from `/etc/skel` (as Qubes does when
 /// a private volume is first used).

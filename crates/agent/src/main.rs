@@ -56,6 +56,7 @@ fn main() {
         vm::stage2_setup();
     }
     if std::process::id() == 1 {
+        init::raise_fd_limit(in_vm);
         init::boot();
     }
     let reaper = reaper::Reaper::start();
@@ -96,7 +97,11 @@ fn main() {
                     }
                 });
             }
-            Err(e) => eprintln!("bulkhead-agent: accept: {e}"),
+            Err(e) => {
+                // Out of descriptors (or memory): wait instead of spinning.
+                eprintln!("bulkhead-agent: accept: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         }
     }
 }

@@ -74,6 +74,8 @@ fn pids(prefix: &str, qube: &str) -> Vec<u64> {
 /// One call from a qube's relay socket, as `qrexec-client-vm` makes it.
 fn call(relay: &Path, target: &str, service: &str) -> u32 {
     let mut s = UnixStream::connect(relay).unwrap();
+    // A figure, not a hang: a call that takes this long fails the bench.
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let (mut dec, _) = hello(&mut s).unwrap();
     send(
         &mut s,
@@ -176,7 +178,12 @@ fn main() {
     ready(&d, "va");
     std::thread::sleep(Duration::from_secs(5));
     let sum = |pfx: &str| pids(pfx, "va").iter().map(|p| rss_kib(*p)).sum::<u64>();
-    let (qemu, chan) = (sum("qemu-system"), sum("bulkhead-vmm chan"));
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(d.dir.join("qubes/va/instance.json")).expect("instance record"),
+    )
+    .unwrap();
+    let qemu = rss_kib(rec["data"]["qemu_pid"].as_u64().expect("qemu pid"));
+    let chan = sum("bulkhead-vmm chan");
     let relay = pids("bulkhead-qrexec-relay", "va")
         .iter()
         .map(|p| rss_kib(*p))

@@ -76,7 +76,8 @@ struct Stream {
     queued: AtomicU32,
     /// Local threads finished (2 = the stream is over).
     done: AtomicU32,
-    sock: Mutex<Option<UnixStream>>,
+    /// The local end, shared by both threads (one descriptor per stream).
+    sock: Mutex<Option<Arc<UnixStream>>>,
 }
 
 fn protocol(e: impl std::fmt::Display) -> io::Error {
@@ -389,12 +390,9 @@ impl Inner {
 
     /// Starts the two threads that splice stream `s` and `local`.
     fn start(self: Arc<Self>, s: Arc<Stream>, rx: mpsc::Receiver<Incoming>, local: UnixStream) {
-        let (Ok(reader_sock), Ok(keep)) = (local.try_clone(), local.try_clone()) else {
-            self.finish(&s);
-            self.finish(&s);
-            return;
-        };
-        *s.sock.lock().unwrap_or_else(|e| e.into_inner()) = Some(keep);
+        let local = Arc::new(local);
+        let reader_sock = local.clone();
+        *s.sock.lock().unwrap_or_else(|e| e.into_inner()) = Some(local.clone());
         if s.closed() {
             s.shutdown();
         }
@@ -413,7 +411,7 @@ impl Inner {
     }
 
     /// Local socket → link, within the peer's credit.
-    fn read_local(&self, s: &Stream, mut sock: UnixStream) {
+    fn read_local(&self, s: &Stream, sock: Arc<UnixStream>) {
         let mut buf = vec![0u8; MAX_PAYLOAD + HEADER_LEN];
         loop {
             let allowed = {
@@ -426,7 +424,7 @@ impl Inner {
                 }
                 (*c as usize).min(MAX_PAYLOAD)
             };
-            match sock.read(&mut buf[HEADER_LEN..HEADER_LEN + allowed]) {
+            match (&*sock).read(&mut buf[HEADER_LEN..HEADER_LEN + allowed]) {
                 Ok(0) => {
                     let _ = self.send(&Frame::Eof { stream: s.id });
                     break;
@@ -454,12 +452,12 @@ impl Inner {
     }
 
     /// Link → local socket, granting credit back as bytes leave.
-    fn write_local(&self, s: &Stream, rx: mpsc::Receiver<Incoming>, mut sock: UnixStream) {
+    fn write_local(&self, s: &Stream, rx: mpsc::Receiver<Incoming>, sock: Arc<UnixStream>) {
         let mut broken = false;
         for m in rx {
             match m {
                 Incoming::Data(d) => {
-                    if sock.write_all(&d).is_err() {
+                    if (&*sock).write_all(&d).is_err() {
                         broken = true;
                         break;
                     }
