@@ -445,21 +445,33 @@ impl Inner {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
+                Err(_) => {
+                    // A reset local end sends nothing more: as EOF, so the
+                    // peer's end learns it (nothing else would tell it).
+                    if !s.closed() {
+                        let _ = self.send(&Frame::Eof { stream: s.id });
+                    }
+                    break;
+                }
             }
         }
         self.finish(s);
     }
 
     /// Link → local socket, granting credit back as bytes leave.
+    ///
+    /// When the local end stops taking bytes (it closed; a service that
+    /// exits without reading its input), later data is dropped but still
+    /// credited, and nothing else changes: the other direction may still
+    /// carry what the local end wrote before it went (a service's exit
+    /// code), and the stream ends as usual once both directions are done.
     fn write_local(&self, s: &Stream, rx: mpsc::Receiver<Incoming>, sock: Arc<UnixStream>) {
         let mut broken = false;
         for m in rx {
             match m {
                 Incoming::Data(d) => {
-                    if (&*sock).write_all(&d).is_err() {
+                    if !broken && (&*sock).write_all(&d).is_err() {
                         broken = true;
-                        break;
                     }
                     s.queued.fetch_sub(d.len() as u32, Ordering::AcqRel);
                     if !s.closed() {
@@ -478,15 +490,6 @@ impl Inner {
                     break;
                 }
             }
-        }
-        if broken {
-            // The local end is gone: nothing more can be delivered.
-            s.shutdown();
-            if !s.closed() {
-                s.peer_closed.store(true, Ordering::Release);
-                let _ = self.send(&Frame::Close { stream: s.id });
-            }
-            s.cv.notify_all();
         }
         self.finish(s);
     }

@@ -189,3 +189,44 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// Regression: a service that answers and exits without reading its input
+/// (a qrexec service's exit code) lost the answer about one call in ten —
+/// the failed write into it stopped the stream's other direction too.
+#[test]
+fn an_answer_written_before_the_local_end_closes_is_delivered() {
+    let dir = tempdir();
+    let path = dir.join("answer.sock");
+    let l = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let mut c = c.unwrap();
+            let _ = c.write_all(b"exit 0");
+            // Closed with the caller's input unread.
+        }
+    });
+    let (_host, guest) = pair(path);
+    for i in 0..200 {
+        let (mine, theirs) = UnixStream::pair().unwrap();
+        guest.open(port::RELAY, theirs).unwrap();
+        let mut w = mine.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let _ = w.write_all(&[1u8; 300_000]);
+        });
+        let mut r = mine;
+        r.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("call {i}: {e}"),
+            }
+        }
+        assert_eq!(got, b"exit 0", "call {i}");
+        drop(r);
+        let _ = writer.join();
+    }
+}
