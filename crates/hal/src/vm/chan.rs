@@ -27,6 +27,10 @@ pub const VMM_DIR: &str = "/vmm";
 pub const CHANNEL_DIR: &str = "/channel";
 /// QEMU's end of the virtio-serial port, relative to the vmm dir.
 pub const CHARDEV_SOCKET: &str = "chan.sock";
+/// QEMU's end of the serial console, relative to the vmm dir.
+pub const CONSOLE_SOCKET: &str = "console.sock";
+/// Most console output kept per run (as the `ns` helper's cap).
+pub const CONSOLE_CAP: u64 = 64 << 20;
 /// Power control, relative to the vmm dir.
 pub const CONTROL_SOCKET: &str = "control.sock";
 /// The relay's listening socket, relative to the channel dir.
@@ -90,6 +94,33 @@ fn serve(listener: UnixListener, mux: Mux, to: u32) {
     });
 }
 
+/// Copies `from` into `to` up to `cap` bytes, then notes the cut once and
+/// keeps reading (discarding), so the guest never blocks on its console.
+pub fn copy_capped(
+    mut from: impl std::io::Read,
+    mut to: impl std::io::Write,
+    cap: u64,
+) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut kept = 0u64;
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            return Ok(kept);
+        }
+        let room = cap.saturating_sub(kept) as usize;
+        if room > 0 {
+            let take = n.min(room);
+            to.write_all(&buf[..take])?;
+            kept += take as u64;
+            if kept == cap {
+                to.write_all(b"\n[bulkhead: console output beyond this point discarded]\n")?;
+            }
+            to.flush()?;
+        }
+    }
+}
+
 /// Runs the helper; returns the process exit code.
 pub fn run(cfg: &ChanConfig) -> i32 {
     match run_inner(cfg) {
@@ -104,18 +135,24 @@ pub fn run(cfg: &ChanConfig) -> i32 {
 fn run_inner(cfg: &ChanConfig) -> Result<(), String> {
     jail::enter(&cfg.jail)?;
     let vmm = Path::new(VMM_DIR);
-    let chardev = vmm.join(CHARDEV_SOCKET);
-    // QEMU creates its socket a few milliseconds after it starts.
+    // QEMU creates its sockets a few milliseconds after it starts.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let link = loop {
-        match UnixStream::connect(&chardev) {
-            Ok(s) => break s,
+    let connect = |name: &str| loop {
+        let path = vmm.join(name);
+        match UnixStream::connect(&path) {
+            Ok(s) => break Ok(s),
             Err(e) if Instant::now() > deadline => {
-                return Err(format!("connect {}: {e}", chardev.display()))
+                break Err(format!("connect {}: {e}", path.display()))
             }
             Err(_) => std::thread::sleep(Duration::from_millis(2)),
         }
     };
+    // The console first: QEMU drops what the guest prints while nobody listens.
+    let console = connect(CONSOLE_SOCKET)?;
+    std::thread::spawn(move || {
+        let _ = copy_capped(console, std::io::stdout(), CONSOLE_CAP);
+    });
+    let link = connect(CHARDEV_SOCKET)?;
     let writer = link.try_clone().map_err(|e| e.to_string())?;
     let relay = Path::new(CHANNEL_DIR).join(RELAY_SOCKET);
     let mux = Mux::new(
@@ -139,4 +176,23 @@ fn run_inner(cfg: &ChanConfig) -> Result<(), String> {
     sandbox()?;
     mux.run(link)
         .map_err(|e| format!("the guest broke the channel protocol: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn console_output_is_capped_and_the_guest_never_blocks() {
+        let input = vec![b'x'; 100_000];
+        let mut out = Vec::new();
+        let kept = super::copy_capped(&input[..], &mut out, 4096).unwrap();
+        assert_eq!(kept, 4096);
+        assert!(out.starts_with(&[b'x'; 4096]));
+        assert!(String::from_utf8_lossy(&out[4096..]).contains("discarded"));
+        let mut out = Vec::new();
+        assert_eq!(
+            super::copy_capped(&b"short"[..], &mut out, 4096).unwrap(),
+            5
+        );
+        assert_eq!(out, b"short");
+    }
 }

@@ -214,7 +214,18 @@ fn qemu_args(spec: &QubeSpec, vm: &crate::VmSpec, accel: Accel) -> Vec<String> {
         cmdline.push_str(" no_timer_check");
     }
     push(&["-append", &cmdline]);
-    push(&["-serial", "stdio"]);
+    // The serial console goes to the channel helper, which copies it into
+    // the console log up to a cap: a guest must not fill the host's disk.
+    push(&[
+        "-chardev",
+        &format!(
+            "socket,id=console,path={}/{},server=on,wait=off",
+            chan::VMM_DIR,
+            chan::CONSOLE_SOCKET
+        ),
+        "-serial",
+        "chardev:console",
+    ]);
     push(&[
         "-device",
         "virtio-serial-device",
