@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 
 use std::time::{Duration, Instant};
-use support::{bin, pct, Daemon};
+use support::{bin, pct, rss_kib, Daemon};
 
 fn call(socket: &Path, m: &str, arg: &str, dest: &str, payload: &[u8]) -> String {
     let mut s = UnixStream::connect(socket).expect("connect");
@@ -69,17 +69,6 @@ fn exec(d: &Daemon, name: &str, cmd: &str) -> i32 {
         std::io::sink(),
     )
     .unwrap()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn lifecycle(d: &Daemon) {

@@ -6,42 +6,10 @@
 //! Run (as root): `cargo build --release --workspace && cargo bench -p bulkheadd --bench qrexec`
 
 use std::io::Write;
-use std::os::unix::net::UnixStream;
-use std::path::Path;
 mod support;
 
 use std::time::{Duration, Instant};
-use support::{bin, pct, Daemon};
-
-use bulkhead_proto::qrexec::Message;
-use bulkhead_proto::qrexec_io::{hello, recv, send};
-
-/// One call from qube `a`'s relay socket, as `qrexec-client-vm` makes it.
-fn call(relay: &Path, target: &str, service: &str) -> u32 {
-    let mut s = UnixStream::connect(relay).unwrap();
-    let (mut dec, _) = hello(&mut s).unwrap();
-    send(
-        &mut s,
-        &Message::TriggerService3 {
-            target_domain: target.into(),
-            ident: "SOCKET1".into(),
-            service_name: service.into(),
-        },
-    )
-    .unwrap();
-    assert!(matches!(
-        recv(&mut s, &mut dec).unwrap(),
-        Some(Message::ServiceConnect { .. })
-    ));
-    send(&mut s, &Message::DataStdin(vec![])).unwrap();
-    loop {
-        match recv(&mut s, &mut dec).unwrap() {
-            Some(Message::ExitCode(c)) => return c,
-            Some(_) => {}
-            None => panic!("no exit code"),
-        }
-    }
-}
+use support::{bin, pct, relay_call, Daemon};
 
 fn main() {
     if !nix::unistd::geteuid().is_root() {
@@ -79,12 +47,12 @@ fn main() {
 
     // Latency: one call at a time, from qa's relay socket to qb's agent.
     for _ in 0..20 {
-        call(&relay, "bqb", "test.True");
+        relay_call(&relay, "bqb", "test.True");
     }
     let mut lat: Vec<Duration> = (0..500)
         .map(|_| {
             let t = Instant::now();
-            assert_eq!(call(&relay, "bqb", "test.True"), 0);
+            assert_eq!(relay_call(&relay, "bqb", "test.True"), 0);
             t.elapsed()
         })
         .collect();
@@ -112,7 +80,7 @@ fn main() {
     let t = Instant::now();
     std::thread::scope(|s| {
         let hs: Vec<_> = (0..256)
-            .map(|_| s.spawn(|| call(&relay, "bqb", "test.True")))
+            .map(|_| s.spawn(|| relay_call(&relay, "bqb", "test.True")))
             .collect();
         let ok = hs
             .into_iter()

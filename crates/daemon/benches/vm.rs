@@ -11,13 +11,10 @@
 mod support;
 
 use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bulkhead_proto::qrexec::Message;
-use bulkhead_proto::qrexec_io::{hello, recv, send};
-use support::{bin, pct, Daemon};
+use support::{bin, pct, relay_call, rss_kib, Daemon};
 
 fn report(label: &str, mut v: Vec<Duration>) {
     v.sort();
@@ -46,17 +43,6 @@ fn ready(d: &Daemon, q: &str) -> Duration {
     t.elapsed()
 }
 
-fn rss_kib(pid: u64) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Pids of `name`'s processes whose command line starts with `prefix`.
 fn pids(prefix: &str, qube: &str) -> Vec<u64> {
     std::fs::read_dir("/proc")
@@ -69,35 +55,6 @@ fn pids(prefix: &str, qube: &str) -> Vec<u64> {
             c.contains(prefix) && c.contains(&format!("/qubes/{qube}/"))
         })
         .collect()
-}
-
-/// One call from a qube's relay socket, as `qrexec-client-vm` makes it.
-fn call(relay: &Path, target: &str, service: &str) -> u32 {
-    let mut s = UnixStream::connect(relay).unwrap();
-    // A figure, not a hang: a call that takes this long fails the bench.
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let (mut dec, _) = hello(&mut s).unwrap();
-    send(
-        &mut s,
-        &Message::TriggerService3 {
-            target_domain: target.into(),
-            ident: "SOCKET1".into(),
-            service_name: service.into(),
-        },
-    )
-    .unwrap();
-    assert!(matches!(
-        recv(&mut s, &mut dec).unwrap(),
-        Some(Message::ServiceConnect { .. })
-    ));
-    send(&mut s, &Message::DataStdin(vec![])).unwrap();
-    loop {
-        match recv(&mut s, &mut dec).unwrap() {
-            Some(Message::ExitCode(c)) => return c,
-            Some(_) => {}
-            None => panic!("no exit code"),
-        }
-    }
 }
 
 fn main() {
@@ -184,16 +141,21 @@ fn main() {
     // Idle host memory.
     ready(&d, "va");
     std::thread::sleep(Duration::from_secs(5));
-    let sum = |pfx: &str| pids(pfx, "va").iter().map(|p| rss_kib(*p)).sum::<u64>();
+    let sum = |pfx: &str| {
+        pids(pfx, "va")
+            .iter()
+            .map(|p| rss_kib(*p as u32))
+            .sum::<u64>()
+    };
     let rec: serde_json::Value = serde_json::from_slice(
         &std::fs::read(d.dir.join("qubes/va/instance.json")).expect("instance record"),
     )
     .unwrap();
-    let qemu = rss_kib(rec["data"]["qemu_pid"].as_u64().expect("qemu pid"));
+    let qemu = rss_kib(rec["data"]["qemu_pid"].as_u64().expect("qemu pid") as u32);
     let chan = sum("bulkhead-vmm chan");
     let relay = pids("bulkhead-qrexec-relay", "va")
         .iter()
-        .map(|p| rss_kib(*p))
+        .map(|p| rss_kib(*p as u32))
         .sum::<u64>();
     println!(
         "idle qube host RSS: QEMU {:.1} MiB (guest RAM 256 MiB, touched pages count), channel helper {:.1} MiB, relay {:.1} MiB",
@@ -209,12 +171,12 @@ fn main() {
     ]);
     let relay = d.dir.join("qubes/va/run/channel/relay.sock");
     for _ in 0..10 {
-        call(&relay, "vb", "test.True");
+        relay_call(&relay, "vb", "test.True");
     }
     let lat: Vec<Duration> = (0..100)
         .map(|_| {
             let t = Instant::now();
-            assert_eq!(call(&relay, "vb", "test.True"), 0);
+            assert_eq!(relay_call(&relay, "vb", "test.True"), 0);
             t.elapsed()
         })
         .collect();
@@ -222,7 +184,7 @@ fn main() {
     let t = Instant::now();
     std::thread::scope(|s| {
         let hs: Vec<_> = (0..256)
-            .map(|_| s.spawn(|| call(&relay, "vb", "test.True")))
+            .map(|_| s.spawn(|| relay_call(&relay, "vb", "test.True")))
             .collect();
         let ok = hs
             .into_iter()

@@ -17,6 +17,50 @@ pub fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Resident memory of a process, KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One qrexec call from a qube's relay socket, as `qrexec-client-vm` makes
+/// it (empty input); returns the service's exit code.
+pub fn relay_call(relay: &Path, target: &str, service: &str) -> u32 {
+    use bulkhead_proto::qrexec::Message;
+    use bulkhead_proto::qrexec_io::{hello, recv, send};
+    let mut s = UnixStream::connect(relay).unwrap();
+    // A figure, not a hang: a call that takes this long fails the bench.
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let (mut dec, _) = hello(&mut s).unwrap();
+    send(
+        &mut s,
+        &Message::TriggerService3 {
+            target_domain: target.into(),
+            ident: "SOCKET1".into(),
+            service_name: service.into(),
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        recv(&mut s, &mut dec).unwrap(),
+        Some(Message::ServiceConnect { .. })
+    ));
+    send(&mut s, &Message::DataStdin(vec![])).unwrap();
+    loop {
+        match recv(&mut s, &mut dec).unwrap() {
+            Some(Message::ExitCode(c)) => return c,
+            Some(_) => {}
+            None => panic!("no exit code"),
+        }
+    }
+}
+
 /// A running daemon; on drop its qubes are shut down, it is stopped and its
 /// directory removed.
 pub struct Daemon {
