@@ -265,6 +265,14 @@ impl Cgroup {
     }
 
     /// Peak memory use in bytes, if the kernel reports it.
+    /// The figures a backend reports for its qube.
+    pub fn stats(&self) -> crate::Stats {
+        crate::Stats {
+            memory_peak: self.memory_peak(),
+            memory_limit_hits: self.memory_limit_hits(),
+        }
+    }
+
     pub fn memory_peak(&self) -> Option<u64> {
         let name = match self.layout {
             Layout::V2 => "memory.peak",

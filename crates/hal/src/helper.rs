@@ -56,3 +56,37 @@ impl Helper {
         }
     }
 }
+
+/// Polls `exited` every 5 ms until it reports an exit status or `timeout`
+/// passes.
+pub fn wait_for(
+    timeout: std::time::Duration,
+    mut exited: impl FnMut() -> Option<i32>,
+) -> Option<i32> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(c) = exited() {
+            return Some(c);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Opens a qube's console log for appending (one log per qube, kept to the
+/// last runs: past 64 MiB it is rotated first).
+pub fn open_console_log(log: &std::path::Path) -> Result<fs::File, String> {
+    if fs::metadata(log).is_ok_and(|m| m.len() > 64 << 20) {
+        let _ = fs::rename(log, log.with_extension("log.old"));
+    }
+    if let Some(dir) = log.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("open console log {}: {e}", log.display()))
+}

@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::mount::{umount2, MntFlags};
 use nix::sys::signal::{kill, Signal};
@@ -233,22 +233,7 @@ fn start(nsinit: &Path, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
             || format!("chown {}", d.display()),
         )?;
     }
-    // One log per qube, kept to the last runs: past 64 MiB it is rotated.
-    if fs::metadata(&spec.log).is_ok_and(|m| m.len() > 64 << 20) {
-        let _ = fs::rename(&spec.log, spec.log.with_extension("log.old"));
-    }
-    if let Some(dir) = spec.log.parent() {
-        io(fs::create_dir_all(dir), || {
-            format!("create {}", dir.display())
-        })?;
-    }
-    let log = io(
-        fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.log),
-        || format!("open console log {}", spec.log.display()),
-    )?;
+    let log = crate::helper::open_console_log(&spec.log)?;
     let cg = io(
         cgroup::Cgroup::create(
             &cgroup_name(&spec.name, &spec.id),
@@ -463,16 +448,7 @@ impl NsInstance {
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(c) = self.poll() {
-                return Some(c);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        crate::helper::wait_for(timeout, || self.poll())
     }
 }
 
@@ -551,10 +527,7 @@ impl Instance for NsInstance {
     }
 
     fn stats(&self) -> Stats {
-        Stats {
-            memory_peak: self.cgroup.memory_peak(),
-            memory_limit_hits: self.cgroup.memory_limit_hits(),
-        }
+        self.cgroup.stats()
     }
 
     fn add_process(&self, pid: u32) -> Result<(), HalError> {

@@ -177,6 +177,15 @@ fn io<T>(r: std::io::Result<T>, what: impl FnOnce() -> String) -> Result<T, Stri
     r.map_err(|e| format!("{}: {e}", what()))
 }
 
+/// Gives `dir` to `uid`:`gid` with `mode`.
+fn own(dir: &Path, uid: u32, gid: u32, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    chown(dir, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+        .map_err(|e| format!("chown {}: {e}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", dir.display()))
+}
+
 /// QEMU's command line for a qube (paths as seen inside the jail).
 fn qemu_args(spec: &QubeSpec, vm: &crate::VmSpec, accel: Accel) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
@@ -297,44 +306,12 @@ fn start(b: &VmBackend, spec: &QubeSpec) -> Result<Box<dyn Instance>, String> {
             format!("create {}", dir.display())
         })?;
     }
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let g = Some(Gid::from_raw(qube_uid));
-        // QEMU (the VMM uid, the qube's group) and the channel helper (the
-        // qube's uid and group) meet in vmm/ — sticky, so neither can
-        // replace the other's sockets; the relay and the helper in channel/.
-        io(
-            chown(d.vmm.as_path(), Some(Uid::from_raw(0)), g).map_err(Into::into),
-            || format!("chown {}", d.vmm.display()),
-        )?;
-        io(
-            fs::set_permissions(&d.vmm, fs::Permissions::from_mode(0o1770)),
-            || format!("chmod {}", d.vmm.display()),
-        )?;
-        io(
-            chown(d.channel.as_path(), Some(Uid::from_raw(qube_uid)), g).map_err(Into::into),
-            || format!("chown {}", d.channel.display()),
-        )?;
-        io(
-            fs::set_permissions(&d.channel, fs::Permissions::from_mode(0o700)),
-            || format!("chmod {}", d.channel.display()),
-        )?;
-    }
-    if fs::metadata(&spec.log).is_ok_and(|m| m.len() > 64 << 20) {
-        let _ = fs::rename(&spec.log, spec.log.with_extension("log.old"));
-    }
-    if let Some(dir) = spec.log.parent() {
-        io(fs::create_dir_all(dir), || {
-            format!("create {}", dir.display())
-        })?;
-    }
-    let log = io(
-        fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.log),
-        || format!("open console log {}", spec.log.display()),
-    )?;
+    // QEMU (the VMM uid, the qube's group) and the channel helper (the
+    // qube's uid and group) meet in vmm/ — sticky, so neither can replace
+    // the other's sockets; the relay and the helper in channel/.
+    own(&d.vmm, 0, qube_uid, 0o1770)?;
+    own(&d.channel, qube_uid, qube_uid, 0o700)?;
+    let log = crate::helper::open_console_log(&spec.log)?;
     let mut st = Starting {
         children: Vec::new(),
         cgroup: None,
@@ -557,16 +534,7 @@ impl VmInstance {
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(c) = self.poll() {
-                return Some(c);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        crate::helper::wait_for(timeout, || self.poll())
     }
 
     /// The accelerator this qube runs on.
@@ -651,10 +619,7 @@ impl Instance for VmInstance {
     }
 
     fn stats(&self) -> Stats {
-        Stats {
-            memory_peak: self.cgroup.memory_peak(),
-            memory_limit_hits: self.cgroup.memory_limit_hits(),
-        }
+        self.cgroup.stats()
     }
 
     fn add_process(&self, pid: u32) -> Result<(), HalError> {
