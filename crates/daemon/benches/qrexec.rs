@@ -9,31 +9,20 @@ use std::io::Write;
 mod support;
 
 use std::time::{Duration, Instant};
-use support::{bin, pct, relay_call, Daemon};
+use support::{pct, relay_call, Daemon};
 
 fn main() {
-    if !nix::unistd::geteuid().is_root() {
-        println!("qrexec bench: needs root; skipped");
+    let Some(dir) = support::qrexec_bench_dir(
+        "qrexec",
+        &[
+            "bulkhead",
+            "bulkhead-agent",
+            "bulkhead-nsinit",
+            "bulkhead-qrexec-relay",
+        ],
+    ) else {
         return;
-    }
-    for b in [
-        "bulkhead",
-        "bulkhead-agent",
-        "bulkhead-nsinit",
-        "bulkhead-qrexec-relay",
-    ] {
-        if !bin(b).exists() {
-            println!("qrexec bench: {b} not built; run `cargo build --release --workspace` first");
-            return;
-        }
-    }
-    let dir = std::env::temp_dir().join(format!("bulkhead-qrexec-bench-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("policy.d")).unwrap();
-    std::fs::write(
-        dir.join("policy.d/30-bench.policy"),
-        "test.True * @anyvm @anyvm allow\nqubes.Filecopy * @anyvm @anyvm allow\n",
-    )
-    .unwrap();
+    };
     let d = Daemon::start(&dir, "minimal");
     d.cli(&["create", "-t", "minimal", "-l", "red", "bqa"]);
     d.cli(&["create", "-t", "minimal", "-l", "red", "bqb"]);

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{bin, pct, relay_call, rss_kib, Daemon};
+use support::{pct, relay_call, rss_kib, Daemon};
 
 fn report(label: &str, mut v: Vec<Duration>) {
     v.sort();
@@ -58,32 +58,21 @@ fn pids(prefix: &str, qube: &str) -> Vec<u64> {
 }
 
 fn main() {
-    if !nix::unistd::geteuid().is_root() {
-        println!("vm bench: needs root; skipped");
-        return;
-    }
     if !Path::new(bulkhead_hal::vm::QEMU).exists() {
         println!("vm bench: QEMU missing (apt-get install qemu-system-x86); skipped");
         return;
     }
-    for b in [
-        "bulkhead",
-        "bulkhead-agent",
-        "bulkhead-vmm",
-        "bulkhead-qrexec-relay",
-    ] {
-        if !bin(b).exists() {
-            println!("vm bench: {b} not built; run `cargo build --release --workspace` first");
-            return;
-        }
-    }
-    let dir = std::env::temp_dir().join(format!("bulkhead-vm-bench-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("policy.d")).unwrap();
-    std::fs::write(
-        dir.join("policy.d/30-bench.policy"),
-        "test.True * @anyvm @anyvm allow\nqubes.Filecopy * @anyvm @anyvm allow\n",
-    )
-    .unwrap();
+    let Some(dir) = support::qrexec_bench_dir(
+        "vm",
+        &[
+            "bulkhead",
+            "bulkhead-agent",
+            "bulkhead-vmm",
+            "bulkhead-qrexec-relay",
+        ],
+    ) else {
+        return;
+    };
     let d = Daemon::start_mode(&dir, "minimal", "vm");
     let mut install = vec!["kernel", "install"];
     let deb = std::env::var("BULKHEAD_KERNEL_DEB").unwrap_or_default();

@@ -17,6 +17,30 @@ pub fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// For a bench that makes qrexec calls: checks root and the binaries it
+/// needs (saying why it skips), and makes its throwaway dir with a policy
+/// allowing `test.True` and `qubes.Filecopy` everywhere.
+pub fn qrexec_bench_dir(name: &str, bins: &[&str]) -> Option<PathBuf> {
+    if !nix::unistd::geteuid().is_root() {
+        println!("{name} bench: needs root; skipped");
+        return None;
+    }
+    for b in bins {
+        if !bin(b).exists() {
+            println!("{name} bench: {b} not built; run `cargo build --release --workspace` first");
+            return None;
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("bulkhead-{name}-bench-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("policy.d")).unwrap();
+    std::fs::write(
+        dir.join("policy.d/30-bench.policy"),
+        "test.True * @anyvm @anyvm allow\nqubes.Filecopy * @anyvm @anyvm allow\n",
+    )
+    .unwrap();
+    Some(dir)
+}
+
 /// Resident memory of a process, KiB (0 if it is gone).
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
